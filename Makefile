@@ -1,0 +1,27 @@
+# Every target runs inside .venv at the repository root; `make install` creates it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
+
+install: $(STAMP)  ## create .venv and install the project (editable) with its dev tools
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install  ## run the whole test suite (offline, CPU, ~minutes)
+	$(PY) -m pytest
+
+bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
+	$(PY) bench/local_attender.py
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""LightningModules for training UPLiFT and evaluating it with probes."""

@@ -1,0 +1,36 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from uplift import BlockGroupConfig, RefinerConfig, UPLiFTConfig
+
+
+def tiny_config(patch_size: int = 14, channels: int = 8, **overrides) -> UPLiFTConfig:
+    """A few-thousand-parameter UPLiFT of the released shape (5 encoder groups, double-conv decoder)."""
+    fields = dict(
+        feature_channels=channels,
+        patch_size=patch_size,
+        encoder=[BlockGroupConfig([w]) for w in (4, 4, 8, 8, 8)],
+        decoder_low=BlockGroupConfig([8], "double"),
+        decoder_high=BlockGroupConfig([8], "double"),
+    )
+    fields.update(overrides)
+    return UPLiFTConfig(**fields)
+
+
+def tiny_vae_config(**overrides) -> UPLiFTConfig:
+    """The VAE model's shape (LayerNorm, noise channels, refiner) at toy width."""
+    fields = dict(
+        feature_channels=4,
+        patch_size=8,
+        encoder=[BlockGroupConfig([w, w]) for w in (4, 4, 8, 8, 8)],
+        decoder_low=BlockGroupConfig([8]),
+        decoder_high=BlockGroupConfig([8, 8]),
+        norm="layer",
+        noise_channels=2,
+        noise_scale=1.0,
+        refiner=RefinerConfig(widths=[8, 8], noise_channels=2),
+        raw_image_guide=True,
+    )
+    fields.update(overrides)
+    return UPLiFTConfig(**fields)

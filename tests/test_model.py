@@ -1,0 +1,148 @@
+"""UPLiFT model: output shapes, steps, configuration, gradients and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from tests.helpers import tiny_config, tiny_vae_config
+from uplift import UPLiFT, UPLiFTConfig
+from uplift.config import official_to_config
+
+
+@pytest.mark.parametrize(("patch", "native"), [(8, 3), (14, 4), (16, 4)])
+def test_shapes_batch_and_non_square(patch: int, native: int) -> None:
+    model = UPLiFT(tiny_config(patch)).eval()
+    h, w = 3, 5
+    image, feats = torch.randn(2, 3, h * patch, w * patch), torch.randn(2, 8, h, w)
+    with torch.no_grad():
+        out = model(image, feats)
+        assert out.shape == (2, 8, h * 2**native, w * 2**native)
+        steps = model(image, feats, steps=2, return_all_steps=True)
+        assert [tuple(s.shape[-2:]) for s in steps] == [(h * 2, w * 2), (h * 4, w * 4)]
+        dense = model(image, feats, output_size=(h * patch, w * patch))
+        assert dense.shape == (2, 8, h * patch, w * patch)
+    assert model.config.native_steps == native == math.ceil(math.log2(patch))
+
+
+def test_last_step_equals_last_of_all_steps_and_steps_are_iterative() -> None:
+    model = UPLiFT(tiny_config(16)).eval()
+    image, feats = torch.randn(1, 3, 64, 32), torch.randn(1, 8, 4, 2)
+    with torch.no_grad():
+        all_steps = model(image, feats, steps=3, return_all_steps=True)
+        torch.testing.assert_close(model(image, feats, steps=3), all_steps[-1])
+        enc = model.encode_image(image)
+        torch.testing.assert_close(model.step(all_steps[0], enc), all_steps[1])
+
+
+def test_output_stays_in_feature_range_without_refiner() -> None:
+    """The attender makes every output a convex combination of input tokens."""
+    model = UPLiFT(tiny_config(8)).eval()
+    feats = torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32), feats)
+    lo, hi = feats.amin(dim=(2, 3), keepdim=True), feats.amax(dim=(2, 3), keepdim=True)
+    assert torch.all(out >= lo - 1e-5) and torch.all(out <= hi + 1e-5)
+
+
+def test_vae_shaped_model_with_noise_and_refiner() -> None:
+    model = UPLiFT(tiny_vae_config()).eval()
+    image, lat = torch.rand(1, 3, 32, 48), torch.randn(1, 4, 4, 6)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        a = model(image, lat, steps=2)
+        torch.manual_seed(0)
+        b = model(image, lat, steps=2)
+        c = model(image, lat, steps=2)
+    assert a.shape == (1, 4, 16, 24)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c), "noise channels must make repeated calls differ"
+
+
+def test_gradients_reach_every_parameter() -> None:
+    model = UPLiFT(tiny_vae_config(noise_scale=0.5)).train()
+    out = model(torch.rand(2, 3, 16, 16), torch.randn(2, 4, 2, 2), steps=2)
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+def test_released_presets_parameter_counts() -> None:
+    assert UPLiFT(UPLiFTConfig.preset("dinov2-s14")).num_parameters() == 789_521
+    assert UPLiFT(UPLiFTConfig.preset("dinov3-splus16")).num_parameters() == 789_521
+    vae = UPLiFT(UPLiFTConfig.preset("sd15-vae")).num_parameters()
+    assert 53.4e6 < vae < 53.6e6
+    with pytest.raises(ValueError, match="Unknown UPLiFT preset"):
+        UPLiFTConfig.preset("dinov2-b14")
+
+
+@pytest.mark.parametrize(("case", "preset"), [("dinov2_s14_iter4", "dinov2-s14"), ("dinov3_splus16_iter2_batch2", "dinov3-splus16")])
+def test_release_configs_translate_to_presets(official_dir, case: str, preset: str) -> None:
+    assert official_to_config(official_dir / f"{case}.yaml") == UPLiFTConfig.preset(preset)
+
+
+def test_unsupported_release_options_are_named(official_dir) -> None:
+    cfg = yaml.safe_load((official_dir / "dinov2_s14_iter4.yaml").read_text())
+    cfg["uplift"]["enc_share"] = False
+    cfg["uplift"]["encoder"]["down_2"]["down_op"] = "max"
+    with pytest.raises(ValueError, match=r"uplift.enc_share=False.*encoder.down_2.down_op='max'"):
+        official_to_config(cfg)
+    with pytest.raises(ValueError, match="missing section"):
+        official_to_config({"uplift": cfg["uplift"]})
+
+
+def test_config_is_readable_by_jsonargparse(tmp_path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "uplift:\n  feature_channels: 4\n  patch_size: 8\n  norm: layer\n"
+        "  encoder: [{widths: [4]}, {widths: [8, 8]}]\n  decoder_low: {widths: [8], block: double}\n"
+        "  refiner: {widths: [8], noise_channels: 1}\n"
+    )
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_argument("--uplift", type=UPLiFTConfig)
+    cfg = parser.instantiate(parser.parse_args(["--config", str(tmp_path / "c.yaml")]))
+    config = cfg.uplift
+    assert isinstance(config, UPLiFTConfig) and config.encoder[1].widths == [8, 8] and config.refiner.noise_channels == 1
+    assert UPLiFT(config)(torch.rand(1, 3, 16, 16), torch.randn(1, 4, 2, 2), steps=1).shape == (1, 4, 4, 4)
+
+
+def test_invalid_config_lists_problems() -> None:
+    with pytest.raises(ValueError, match=r"at least 2 groups.*neighbourhood must be one of"):
+        UPLiFTConfig(neighbourhood=7, encoder=[{"widths": [4]}])
+
+
+@pytest.fixture
+def model() -> UPLiFT:
+    return UPLiFT(tiny_config(14)).eval()
+
+
+@pytest.mark.parametrize(
+    ("image", "features", "kwargs", "match"),
+    [
+        ((1, 3, 57, 56), (1, 8, 4, 4), {}, r"57x56 is not a multiple of the patch size 14.*56x56"),
+        ((1, 3, 56, 56), (1, 6, 4, 4), {}, "6 channels but this UPLiFT model upsamples 8-channel"),
+        ((3, 56, 56), (1, 8, 4, 4), {}, "unsqueeze"),
+        ((1, 3, 56, 56), (8, 4, 4), {}, "unsqueeze"),
+        ((1, 1, 56, 56), (1, 8, 4, 4), {}, r"\[B, 3, H, W\]"),
+        ((2, 3, 56, 56), (1, 8, 4, 4), {}, "batch size"),
+        ((1, 3, 56, 56), (1, 8, 3, 4), {}, "does not match the image"),
+        ((1, 3, 56, 56), (1, 8, 4, 4), {"steps": 0}, "positive integer"),
+        ((1, 3, 56, 56), (1, 8, 4, 4), {"output_size": (56, 56), "return_all_steps": True}, "not both"),
+        ((1, 3, 56, 56), (1, 8, 4, 4), {"output_size": (56,)}, "output_size"),
+    ],
+)
+def test_bad_input_raises_one_clear_value_error(model, image, features, kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        model(torch.randn(image), torch.randn(features), **kwargs)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_are_rejected(model, bad: float) -> None:
+    feats = torch.randn(1, 8, 4, 4)
+    feats[0, 3, 1, 2] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model(torch.randn(1, 3, 56, 56), feats)
