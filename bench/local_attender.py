@@ -27,13 +27,18 @@ Why peak memory is measured in a child process on CPU
 -----------------------------------------------------
 On CUDA the caching allocator keeps statistics: ``max_memory_allocated()`` after
 ``reset_peak_memory_stats()``, minus ``memory_allocated()`` before the call. On CPU torch keeps no
-such statistics, so we read the operating system's resident-set size instead. The high-water mark
-(``getrusage(RUSAGE_SELF).ru_maxrss``) only ever grows over a process's life, and the parent has
-already run every method at every size while timing; so each (method, size) runs once in a fresh
-interpreter (this script with a hidden ``--_probe`` flag) that warms the method up on a tiny input,
-builds the inputs, resets the high-water mark (``/proc/self/clear_refs``), records the current RSS
-(``/proc/self/statm``), runs the method once and reports ``ru_maxrss - RSS before``. A calibration
+such statistics, so we read the operating system's resident-set size (RSS) instead. A process's RSS
+high-water mark only ever grows, and the parent has already run every method at every size while
+timing; so each (method, size) runs once in a fresh interpreter (this script with a hidden
+``--_probe`` flag) that warms the method up on a tiny input, builds the inputs, resets the mark
+(``/proc/self/clear_refs``), records the current RSS (``/proc/self/statm``), runs the method once
+and reports ``high-water mark - RSS before``. The mark is ``VmHWM`` from ``/proc/self/status``, not
+``getrusage(RUSAGE_SELF).ru_maxrss``: the kernel carries ``ru_maxrss`` across ``exec`` from the
+spawning process (Python spawns with ``vfork``), so in a child of this benchmark it reports the
+*parent's* peak (over 1 GB after timing the naive method), whatever the child does. A calibration
 probe that allocates a known 400 MB tensor is run first and printed, so the method checks itself.
+Its resolution is about 0.1 MB: buffers smaller than that are served from malloc's already
+resident heap and read as 0 (as in the ``--quick`` run), so read the CPU memory columns for S >= 16.
 
 Usage::
 
@@ -140,7 +145,17 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """This process's own RSS high-water mark: ``VmHWM`` from /proc/self/status.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: that is the larger of this mark and a value the kernel
+    carries across ``exec`` from the process that spawned us (with ``vfork``, the parent's own peak),
+    so in a child of this benchmark it reads the parent's peak, not the child's, and cannot be reset.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; see above
 
 
 def _reset_peak_rss() -> bool:
@@ -166,11 +181,11 @@ def _probe(spec: dict) -> dict:
         run = lambda: fn(value, weights)  # noqa: E731
     reset = _reset_peak_rss()
     before = _rss_bytes()
-    floor = _peak_rss_bytes() - before  # > 0 if the reset failed: the mark was set before the call
+    floor = _peak_rss_bytes() - before  # ~0 unless the mark could not be reset
     out = run()  # kept alive until the high-water mark is read
     extra = _peak_rss_bytes() - before
     del out
-    return {"extra": extra, "reset": reset, "floor": floor}
+    return {"extra": max(extra, 0), "reset": reset, "floor": floor}
 
 
 def measure_memory(method: str, size: int, args: argparse.Namespace, device: str) -> int:
@@ -195,10 +210,10 @@ def measure_memory(method: str, size: int, args: argparse.Namespace, device: str
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe for {method} at S={size} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    if not result["reset"] and result["floor"] > 16 * 2**20:
+    if result["floor"] > 16 * 2**20:
         print(
-            f"warning: could not reset the RSS high-water mark; {method} at S={size} may read low "
-            f"(mark already {result['floor'] / MB:.0f} MB above RSS before the call)",
+            f"warning: {method} at S={size} may read low: the RSS high-water mark was already "
+            f"{result['floor'] / MB:.0f} MB above the RSS before the call (reset: {result['reset']})",
             file=sys.stderr,
         )
     return result["extra"]
@@ -265,8 +280,8 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print("\nPeak extra memory beyond the inputs, MB (x output size)")
     print(f"{'S':>5} {'out MB':>9} {'weights MB':>10} | {'ours':>17} {'naive':>17} {'bilinear':>17}")
     for size, r in by_size.items():
-        cells = " ".join(f"{r[m]['peak_extra_mb']:>9.1f} ({r[m]['peak_over_output']:>4.1f}x)" for m in METHODS)
-        print(f"{size:>5} {r['ours']['output_mb']:>9.1f} {r['ours']['weights_mb']:>10.2f} | {cells}")
+        cells = " ".join(f"{r[m]['peak_extra_mb']:>9.2f} ({r[m]['peak_over_output']:>4.1f}x)" for m in METHODS)
+        print(f"{size:>5} {r['ours']['output_mb']:>9.2f} {r['ours']['weights_mb']:>10.2f} | {cells}")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
