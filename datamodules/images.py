@@ -1,0 +1,282 @@
+"""Images for training UPLiFT: a folder (ImageNet-style or any tree), a Hugging Face dataset, or the
+real photos bundled with scikit-image (so ``uplift fit`` runs with no data at all).
+
+Every image is resized to ``image_size x image_size`` (bilinear, as the release's
+``Resize((448, 448))``) and returned in [0, 1]; normalisation belongs to the backbone. A corrupt or
+unreadable image is skipped with a warning naming the file, and the count of skipped images is
+reported to the training task (logged as ``data/skipped_images``) instead of crashing a long run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.sampling import ResumableSampler
+
+__all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "ImageDataModule", "ImageFolder", "list_images", "collate_images", "load_rgb"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".jfif")
+
+#: Real photos shipped inside the scikit-image wheel (no download), used when no data root is given.
+#: ``stereo_motorcycle`` is a stereo pair and gives two photos.
+EMBEDDED_PHOTOS = (
+    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry",
+    "camera", "coins", "moon", "grass", "gravel", "brick", "clock", "stereo_motorcycle",
+)  # fmt: skip
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under ``root`` (recursive, sorted), or one clear error."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(
+            f"Image folder {root} does not exist. Point `data.root` at a folder of images (any tree, e.g. "
+            f"ImageNet's train/ with class subfolders), or leave it unset to use the bundled demo photos."
+        )
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}.")
+    return files
+
+
+def load_rgb(source: Any) -> Image.Image:
+    """Open a path / PIL image / array as an RGB PIL image (grayscale and RGBA are converted)."""
+    if isinstance(source, (str, Path)):
+        with Image.open(source) as img:
+            img.load()
+            return img.convert("RGB")
+    if isinstance(source, np.ndarray):
+        source = Image.fromarray(source)
+    return source.convert("RGB")
+
+
+def to_tensor(img: Image.Image, size: Optional[int]) -> Tensor:
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+
+
+class _LazyColumn:
+    """One column of a Hugging Face dataset, decoded only when indexed."""
+
+    def __init__(self, dataset: Any, column: str) -> None:
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[int(index)][self.column]
+
+
+class _Take:
+    """``items[indices]`` without materialising the items."""
+
+    def __init__(self, items: Sequence[Any], indices: list[int]) -> None:
+        self.items, self.indices = items, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[self.indices[index]]
+
+
+class ImageFolder(Dataset):
+    """Images from a list of paths or in-memory images. Returns ``None`` for unreadable files."""
+
+    def __init__(self, items: Sequence[Any], names: Sequence[str], image_size: Optional[int]) -> None:
+        self.items, self.names, self.image_size = items, list(names), image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
+        try:
+            image = to_tensor(load_rgb(self.items[index]), self.image_size)
+        except Exception as err:  # corrupt, truncated, unsupported: skip it, name it
+            log.warning("Skipping unreadable image %s (%s: %s)", self.names[index], type(err).__name__, err)
+            return None
+        return {"image": image, "name": self.names[index]}
+
+
+def collate_images(samples: list[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
+    """Stack readable samples; ``skipped`` counts the unreadable ones. ``None`` if none is readable."""
+    good = [s for s in samples if s is not None]
+    if not good:
+        return None
+    return {
+        "image": torch.stack([s["image"] for s in good]),
+        "name": [s["name"] for s in good],
+        "skipped": len(samples) - len(good),
+    }
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Image data for training, validation and prediction.
+
+    Args:
+        root: folder of training images (recursive). ``None`` (and no ``hf_dataset``): the real photos
+            bundled with scikit-image.
+        val_root: folder of held-out images. ``None``: ``val_fraction`` of the training images are held
+            out (a fixed, seeded split).
+        hf_dataset: a Hugging Face ``datasets`` name or local path (used instead of ``root``), with
+            ``hf_split``, ``hf_image_column`` and extra ``hf_kwargs`` for ``datasets.load_dataset``
+            (e.g. ``hf_dataset: imagefolder`` with ``hf_kwargs: {data_dir: /my/images}``).
+        predict_root: folder of images for ``uplift predict`` (default: the bundled photos); each is
+            resized so that its short side is ``predict_size`` (``null``: kept at its own size); the
+            task centre-crops it to a multiple of the patch size.
+        image_size: training/validation side S (the release uses 448 for DINO models).
+        val_fraction / max_val_images: size of the held-out split.
+    """
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        val_root: Optional[str] = None,
+        hf_dataset: Optional[str] = None,
+        hf_split: str = "train",
+        hf_image_column: str = "image",
+        hf_kwargs: Optional[dict[str, Any]] = None,
+        predict_root: Optional[str] = None,
+        predict_size: Optional[int] = 448,
+        image_size: int = 448,
+        batch_size: int = 32,
+        val_batch_size: Optional[int] = None,
+        num_workers: int = 4,
+        val_fraction: float = 0.1,
+        max_val_images: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: Optional[ImageFolder] = None
+        self.val_set: Optional[ImageFolder] = None
+        self.predict_set: Optional[Dataset] = None
+
+    # ------------------------------------------------------------------ sources
+    def _source(self) -> tuple[list[Any], list[str]]:
+        hp = self.hparams
+        if hp.hf_dataset:
+            import datasets
+
+            ds = datasets.load_dataset(hp.hf_dataset, split=hp.hf_split, **(hp.hf_kwargs or {}))
+            if hp.hf_image_column not in ds.column_names:
+                raise ValueError(f"{hp.hf_dataset} has no column {hp.hf_image_column!r}; columns: {ds.column_names}.")
+            return _LazyColumn(ds, hp.hf_image_column), [f"{hp.hf_dataset}[{i}]" for i in range(len(ds))]
+        if hp.root:
+            files = list_images(hp.root)
+            return files, [str(f) for f in files]
+        return embedded_photos()
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage in ("fit", "validate") and self.train_set is None:
+            items, names = self._source()
+            if hp.val_root:
+                val_files = list_images(hp.val_root)[: hp.max_val_images]
+                val_items, val_names = val_files, [str(f) for f in val_files]
+            else:
+                order = torch.randperm(len(items), generator=torch.Generator().manual_seed(hp.seed)).tolist()
+                n_val = min(hp.max_val_images, max(1, round(len(items) * hp.val_fraction)))
+                if n_val >= len(items):
+                    raise ValueError(f"Only {len(items)} image(s): too few to hold out {n_val} for validation.")
+                held = set(order[:n_val])
+                val_idx, train_idx = sorted(held), [i for i in range(len(items)) if i not in held]
+                val_items, val_names = _Take(items, val_idx), [names[i] for i in val_idx]
+                items, names = _Take(items, train_idx), [names[i] for i in train_idx]
+            self.train_set = ImageFolder(items, names, hp.image_size)
+            self.val_set = ImageFolder(val_items, val_names, hp.image_size)
+        if stage == "predict" and self.predict_set is None:
+            if hp.predict_root:
+                files = list_images(hp.predict_root)
+                root = Path(hp.predict_root)
+                items, names = files, [str(f.relative_to(root)) if root.is_dir() else f.name for f in files]
+            else:
+                items, names = embedded_photos()
+            self.predict_set = _PredictImages(items, names, hp.predict_size)
+
+    # ------------------------------------------------------------------ loaders
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: ResumableSampler, drop_last: bool = False) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_images,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        epoch, done = 0, 0
+        if self.trainer is not None:  # resuming mid-epoch: skip what the interrupted run consumed
+            epoch = self.trainer.current_epoch
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed, rank=rank,
+                                   world_size=world, drop_last=True, resume_epoch=epoch,
+                                   resume_skip=done * self.hparams.batch_size)
+        return self._loader(self.train_set, self.hparams.batch_size, sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        # Not sharded: every rank scores the whole (small) held-out set, so metrics need no gathering.
+        sampler = ResumableSampler(len(self.val_set), shuffle=False)
+        return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, sampler)
+
+    def predict_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = ResumableSampler(len(self.predict_set), shuffle=False, rank=rank, world_size=world)
+        return self._loader(self.predict_set, 1, sampler)
+
+
+class _PredictImages(ImageFolder):
+    """Images at their own aspect ratio, short side resized to ``short_side`` (if set)."""
+
+    def __init__(self, items: Sequence[Any], names: Sequence[str], short_side: Optional[int]) -> None:
+        super().__init__(items, names, image_size=None)
+        self.short_side = short_side
+
+    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
+        sample = super().__getitem__(index)
+        if sample is None or self.short_side is None:
+            return sample
+        h, w = sample["image"].shape[-2:]
+        scale = self.short_side / min(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        sample["image"] = torch.nn.functional.interpolate(sample["image"][None], size=size, mode="bilinear",
+                                                          antialias=True, align_corners=False)[0].clamp(0, 1)
+        return sample
+
+
+def embedded_photos() -> tuple[list[Any], list[str]]:
+    """The real photos bundled with scikit-image, as RGB arrays (no download)."""
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise ImportError(
+            "No data root given and scikit-image (which bundles the demo photos) is not installed: "
+            "`pip install scikit-image`, or set `data.root` to a folder of images."
+        ) from err
+    items, names = [], []
+    for name in EMBEDDED_PHOTOS:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            continue
+        photos = loader()
+        photos = photos[:2] if isinstance(photos, tuple) else (photos,)
+        for i, array in enumerate(photos):
+            items.append(np.asarray(array, dtype=np.uint8))
+            names.append(f"skimage.data.{name}" + (f"[{i}]" if len(photos) > 1 else ""))
+    return items, names

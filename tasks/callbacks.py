@@ -1,0 +1,29 @@
+"""Callbacks that make long runs lose no work."""
+
+from __future__ import annotations
+
+import os
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+__all__ = ["RunCheckpoint"]
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` (e.g. every N steps) that also writes ``last.ckpt`` when training ends,
+    whether it finished (``max_steps``/``max_epochs``) or was stopped with Ctrl-C, so that
+    ``--ckpt_path .../last.ckpt`` always resumes from the latest step."""
+
+    def _save_final(self, trainer: L.Trainer) -> None:
+        if self.dirpath is None or trainer.global_step == self._last_global_step_saved or trainer.sanity_checking:
+            return
+        trainer.save_checkpoint(os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
+        self._last_global_step_saved = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_final(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self._save_final(trainer)

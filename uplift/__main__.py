@@ -1,0 +1,5 @@
+"""``python -m uplift`` is the ``uplift`` command."""
+
+from uplift.cli import main
+
+main()
