@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test bench clean help
+.PHONY: install test demo bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 
 test: install  ## run the whole test suite (offline, CPU, ~minutes)
 	$(PY) -m pytest
+
+demo: install  ## train for a few minutes on bundled photos, print UPLiFT vs bilinear, write a PCA picture
+	$(PY) -m uplift.demo $(ARGS)
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py

@@ -184,7 +184,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        if stage in ("fit", "validate") and self.train_set is None:
+        if stage in ("fit", "validate", "test") and self.train_set is None:
             items, names = self._source()
             if hp.val_root:
                 val_files = list_images(hp.val_root)[: hp.max_val_images]
@@ -234,6 +234,10 @@ class ImageDataModule(L.LightningDataModule):
         # Not sharded: every rank scores the whole (small) held-out set, so metrics need no gathering.
         sampler = ResumableSampler(len(self.val_set), shuffle=False)
         return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, sampler)
+
+    def test_dataloader(self) -> DataLoader:
+        """``uplift test`` scores the held-out images (``val_root`` or the held-out split)."""
+        return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

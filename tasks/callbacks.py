@@ -16,10 +16,13 @@ class RunCheckpoint(ModelCheckpoint):
     ``--ckpt_path .../last.ckpt`` always resumes from the latest step."""
 
     def _save_final(self, trainer: L.Trainer) -> None:
-        if self.dirpath is None or trainer.global_step == self._last_global_step_saved or trainer.sanity_checking:
+        if self.dirpath is None or trainer.sanity_checking:
             return
-        trainer.save_checkpoint(os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION))
-        self._last_global_step_saved = trainer.global_step
+        path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        if self.last_model_path == path and self._last_global_step_saved == trainer.global_step:
+            return  # save_last already wrote it at this step
+        trainer.save_checkpoint(path)
+        self.last_model_path = path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_final(trainer)

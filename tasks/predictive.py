@@ -127,6 +127,13 @@ class PredictiveTask(L.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def _evaluate(self, batch: Optional[dict[str, Any]], batch_idx: int, stage: str) -> None:
+        """Held-out reconstruction error of UPLiFT and of bilinear upsampling, side by side."""
         if batch is None:
             return
         pyramid = self.feature_pyramid(batch["image"], max(self.depths))
@@ -140,11 +147,11 @@ class PredictiveTask(L.LightningModule):
             for name, pred in (("uplift", upsampled), ("bilinear", bilinear)):
                 err = F.mse_loss(pred, target)
                 errors[name].append(err)
-                self.log(f"val/mse_{name}_d{depth}", err, batch_size=batch_size, sync_dist=True)
+                self.log(f"{stage}/mse_{name}_d{depth}", err, batch_size=batch_size, sync_dist=True)
         for name, errs in errors.items():  # the headline numbers: mean over depths
-            self.log(f"val/mse_{name}", torch.stack(errs).mean(), batch_size=batch_size, sync_dist=True,
+            self.log(f"{stage}/mse_{name}", torch.stack(errs).mean(), batch_size=batch_size, sync_dist=True,
                      prog_bar=name == "uplift")
-        if batch_idx == 0 and self.pca_images > 0:
+        if stage == "val" and batch_idx == 0 and self.pca_images > 0:
             self._log_pca(batch["image"][: self.pca_images], pyramid[0][1][: self.pca_images])
 
     @torch.no_grad()
@@ -162,11 +169,17 @@ class PredictiveTask(L.LightningModule):
         for i, (image, feats) in enumerate(zip(images, features)):
             experiment.add_image(f"val/pca_{i}", self.pca_picture(image, feats), self.global_step)
 
-    def on_validation_epoch_end(self) -> None:
+    def _log_ratio(self, stage: str) -> None:
         metrics = self.trainer.callback_metrics
-        if "val/mse_uplift" in metrics and "val/mse_bilinear" in metrics:
-            ratio = metrics["val/mse_uplift"] / metrics["val/mse_bilinear"].clamp_min(1e-12)
-            self.log("val/uplift_over_bilinear", ratio, sync_dist=True)
+        if f"{stage}/mse_uplift" in metrics and f"{stage}/mse_bilinear" in metrics:
+            ratio = metrics[f"{stage}/mse_uplift"] / metrics[f"{stage}/mse_bilinear"].clamp_min(1e-12)
+            self.log(f"{stage}/uplift_over_bilinear", ratio, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ratio("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ratio("test")
 
     # ------------------------------------------------------------------ prediction
     def predict_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> None:

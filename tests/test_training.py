@@ -37,6 +37,12 @@ def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
     return L.Trainer(**defaults)
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp(tmp_path: Path, monkeypatch) -> None:
+    """The CLI writes config.yaml and outputs into the working directory: keep them out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
 class LossRecorder(Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
@@ -63,6 +69,9 @@ def test_cli_fit_validate_predict(tmp_path: Path) -> None:
     main(["validate", "--config", str(CONF), "--ckpt_path", str(ckpt_dir / "last.ckpt"),
           "--data.root", str(IMAGENET / "train"), "--data.val_root", str(IMAGENET / "val")])
 
+    main(["test", "--config", str(CONF), "--ckpt_path", str(ckpt_dir / "last.ckpt"),
+          "--data.root", str(IMAGENET / "train"), "--data.val_root", str(IMAGENET / "val")])
+
     main(["predict", "--config", str(CONF), "--ckpt_path", str(ckpt_dir / "last.ckpt"),
           "--data.predict_root", str(IMAGENET / "val"), "--data.predict_size", "70",
           "--model.init_args.predict_dir", str(pred_dir)])
@@ -71,6 +80,21 @@ def test_cli_fit_validate_predict(tmp_path: Path) -> None:
     assert written == sorted([f"{s}.safetensors" for s in stems] + [f"{s}_pca.png" for s in stems])
     out = load_file(pred_dir / f"{stems[0]}.safetensors")
     assert out["features"].shape == (32, 70, 70) and out["low_res"].shape == (32, 5, 5)
+
+
+def test_saved_config_reproduces_the_run(tmp_path: Path) -> None:
+    first_root, second_root = tmp_path / "a", tmp_path / "b"
+    main(["fit", "--config", str(CONF), "--trainer.max_steps", "2", "--trainer.default_root_dir", str(first_root),
+          "--trainer.callbacks+=tasks.callbacks.RunCheckpoint", f"--trainer.callbacks.dirpath={first_root / 'ck'}",
+          "--trainer.enable_checkpointing", "true", "--data.root", str(IMAGENET / "train")])
+    saved = first_root / "config.yaml"
+    assert saved.is_file()
+    # the saved file alone (plus where to write) must give the same run
+    main(["fit", "--config", str(saved), "--trainer.default_root_dir", str(second_root),
+          f"--trainer.callbacks.dirpath={second_root / 'ck'}"])
+    first, second = (torch.load(r / "ck" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+                     for r in (first_root, second_root))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_cli_version_and_module_entry() -> None:
@@ -86,6 +110,20 @@ def test_feature_width_mismatch_is_one_clear_error_before_training(capsys) -> No
     assert "uplift: error: Backbone 'vit_small_patch14_dinov2.lvd142m' does not fit the UPLiFT model: it produces " \
            "32-channel features but uplift.feature_channels is 48" in err
     assert "Traceback" not in err and "Union subtypes" not in err
+
+
+def test_demo_runs_offline_and_says_so(tmp_path: Path, capsys) -> None:
+    from uplift.demo import main as demo
+
+    assert demo(["--config", str(CONF), "--out", str(tmp_path / "pca.png"), "--trainer.max_steps=2",
+                 "--trainer.default_root_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "OFFLINE: the vit_small_patch14_dinov2.lvd142m weights could not be downloaded" in out
+    assert "RANDOM INIT: hub unreachable" in out and "held-out MSE  : UPLiFT " in out
+    from PIL import Image
+
+    with Image.open(tmp_path / "pca.png") as picture:  # image + low-res + 4 steps, 56 px high
+        assert picture.size[1] == 56 and picture.size[0] == 6 * 56 + 5 * 4
 
 
 # ---------------------------------------------------------------------------------------- learning

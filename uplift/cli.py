@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any, Optional
 
-__all__ = ["main"]
+__all__ = ["main", "run_cli"]
 
 
 def _cli_class() -> type:
@@ -57,7 +57,7 @@ def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``uplift``. Bad input ends in one ``uplift: error: ...`` message (exit 2);
     set ``UPLIFT_TRACEBACK=1`` to see the full traceback instead."""
     try:
-        _run(args)
+        run_cli(args)
     except Exception as err:
         user = _user_error(err)
         if user is None or os.environ.get("UPLIFT_TRACEBACK"):
@@ -66,11 +66,12 @@ def main(args: Optional[list[str]] = None) -> None:
         raise SystemExit(2) from None
 
 
-def _run(args: Optional[list[str]]) -> None:
+def run_cli(args: Optional[list[str]] = None) -> Any:
+    """Run the CLI and return the LightningCLI object (its ``model``, ``datamodule``, ``trainer``)."""
     import lightning as L
 
     cli_class = _cli_class()
-    cli_class(
+    return cli_class(
         L.LightningModule,
         L.LightningDataModule,
         subclass_mode_model=True,
