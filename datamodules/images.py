@@ -241,7 +241,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.predict_set), shuffle=False, rank=rank, world_size=world)
+        sampler = ResumableSampler(len(self.predict_set), shuffle=False, rank=rank, world_size=world, pad=False)
         return self._loader(self.predict_set, 1, sampler)
 
 

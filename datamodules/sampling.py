@@ -19,8 +19,10 @@ __all__ = ["ResumableSampler"]
 
 class ResumableSampler(Sampler[int]):
     def __init__(self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False, resume_epoch: int = 0, resume_skip: int = 0) -> None:
-        self.size, self.shuffle, self.seed = size, shuffle, seed
+                 drop_last: bool = False, pad: bool = True, resume_epoch: int = 0, resume_skip: int = 0) -> None:
+        """``pad``: wrap-around padding so every rank gets as many samples (training); evaluation
+        uses ``pad=False`` so no sample is counted twice (shards may then differ by one)."""
+        self.size, self.shuffle, self.seed, self.pad = size, shuffle, seed, pad
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = resume_epoch
         self.resume_epoch, self.resume_skip = resume_epoch, resume_skip
@@ -36,7 +38,7 @@ class ResumableSampler(Sampler[int]):
             order = list(range(self.size))
         if self.drop_last:
             order = order[: len(order) - len(order) % self.world_size]
-        elif self.world_size > 1 and len(order) % self.world_size:  # pad by wrapping, as DistributedSampler
+        elif self.pad and self.world_size > 1 and len(order) % self.world_size:  # pad by wrapping, as DistributedSampler
             order += order[: self.world_size - len(order) % self.world_size]
         return order[self.rank :: self.world_size]
 
