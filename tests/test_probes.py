@@ -1,0 +1,180 @@
+"""Upsampler interface and the segmentation probe: metrics, learning, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import uplift.upsamplers as ups
+from tasks import BackboneConfig
+from tasks.probes import SegmentationProbeTask
+from tests.helpers import tiny_config
+from uplift import UPLiFT
+
+TINY_VIT = BackboneConfig(pretrained=False, model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, img_size=56))
+
+
+# ---------------------------------------------------------------------------------------- upsamplers
+
+
+@pytest.mark.parametrize("cls", [ups.Nearest, ups.Bilinear])
+def test_baselines_reach_the_requested_size(cls) -> None:
+    out = cls()(torch.rand(2, 3, 56, 84), torch.randn(2, 8, 4, 6), (56, 84))
+    assert out.shape == (2, 8, 56, 84)
+
+
+def test_nearest_and_bilinear_values() -> None:
+    feats = torch.arange(4.0).reshape(1, 1, 2, 2)
+    near = ups.Nearest()(torch.zeros(1, 3, 4, 4), feats, (4, 4))
+    assert near[0, 0].tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]
+    bil = ups.Bilinear()(torch.zeros(1, 3, 4, 4), feats, (4, 4))
+    assert bil[0, 0, 0, 0] == 0 and bil[0, 0, 1, 1] == pytest.approx(0.75)
+
+
+def test_uplift_row_over_upsamples_then_resizes(tmp_path: Path) -> None:
+    UPLiFT(tiny_config(14)).save_pretrained(tmp_path / "m")
+    row = ups.UPLiFTUpsampler(weights=str(tmp_path / "m"))
+    image, feats = torch.randn(1, 3, 56, 56), torch.randn(1, 8, 4, 4)
+    with torch.no_grad():
+        out = row(image, feats, (56, 56))
+        sixteen_x = row.model(image, feats)
+    assert sixteen_x.shape[-1] == 64 and out.shape == (1, 8, 56, 56)
+    expected = torch.nn.functional.interpolate(sixteen_x, size=(56, 56), mode="bilinear", antialias=True)
+    torch.testing.assert_close(out, expected)
+
+
+def test_uplift_row_from_training_checkpoint(tmp_path: Path) -> None:
+    model = UPLiFT(tiny_config(14))
+    torch.save({"uplift_config": model.config.to_dict(),
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "a.ckpt")
+    row = ups.UPLiFTUpsampler(weights=str(tmp_path / "a.ckpt"))
+    for a, b in zip(row.model.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(FileNotFoundError, match="uplift fit"):
+        ups.UPLiFTUpsampler(weights=str(tmp_path / "missing.ckpt"))
+
+
+@pytest.mark.parametrize("cls", [ups.JAFAR, ups.AnyUp, ups.LoftUp, ups.FeatUpJBU])
+def test_peer_rows_offline_say_they_are_unavailable(cls) -> None:
+    with pytest.raises(ups.UpsamplerUnavailableError, match="torch.hub.load"):
+        cls()
+
+
+def test_peer_adapter_calls_the_hub_module_as_documented(monkeypatch) -> None:
+    """Only torch.hub.load (the download) is replaced; the adapter's calling convention is real."""
+    calls = {}
+
+    class FakeAnyUp(torch.nn.Module):
+        def forward(self, image, features, output_size):
+            calls["args"] = (tuple(image.shape), tuple(features.shape), output_size)
+            return torch.zeros(features.shape[0], features.shape[1], *output_size)
+
+    monkeypatch.setattr(torch.hub, "load", lambda repo, entry, **kw: calls.setdefault("hub", (repo, entry)) and FakeAnyUp())
+    out = ups.AnyUp()(torch.rand(1, 3, 56, 56), torch.randn(1, 8, 4, 4), (56, 56))
+    assert calls["hub"] == ("wimmerth/anyup", "anyup") and calls["args"] == ((1, 3, 56, 56), (1, 8, 4, 4), (56, 56))
+    assert out.shape == (1, 8, 56, 56)
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def _manual_miou_acc(pred: np.ndarray, target: np.ndarray, num_classes: int) -> tuple[float, float]:
+    valid = target != 255
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (target[valid], pred[valid]), 1)
+    inter, union = np.diag(cm), cm.sum(0) + cm.sum(1) - np.diag(cm)
+    present = union > 0
+    return float((inter[present] / union[present]).mean()), float(np.diag(cm).sum() / cm.sum())
+
+
+def test_metrics_against_hand_computed_confusion_matrix() -> None:
+    task = SegmentationProbeTask(num_classes=5, backbone=TINY_VIT, feature_size=56)
+    target = np.array([[0, 0, 1, 1], [1, 255, 3, 3], [0, 255, 255, 3]])  # class 2 and 4 absent from targets
+    pred = np.array([[0, 1, 1, 1], [1, 2, 3, 0], [0, 4, 3, 3]])  # predictions at ignored pixels must not count
+    task.val_metrics.update(torch.from_numpy(pred)[None], torch.from_numpy(target)[None])
+    second_t, second_p = np.array([[4, 4], [1, 255]]), np.array([[4, 1], [1, 0]])
+    task.val_metrics.update(torch.from_numpy(second_p)[None], torch.from_numpy(second_t)[None])
+    result = task.val_metrics.compute()
+    all_p = np.concatenate([pred.ravel(), second_p.ravel()])
+    all_t = np.concatenate([target.ravel(), second_t.ravel()])
+    miou, acc = _manual_miou_acc(all_p, all_t, 5)
+    # by hand: IoU0 = 2/4, IoU1 = 4/6, IoU3 = 2/3, IoU4 = 1/2 -> mean 7/12; class 2 is predicted only on
+    # ignored pixels, so it is absent and skipped; 9 of the 12 valid pixels are right
+    assert miou == pytest.approx(7 / 12) and acc == pytest.approx(9 / 12)
+    assert float(result["val/mIoU"]) == pytest.approx(miou) and float(result["val/acc"]) == pytest.approx(acc)
+
+
+def test_labels_out_of_range_are_explained() -> None:
+    task = SegmentationProbeTask(num_classes=3, backbone=TINY_VIT, feature_size=56)
+    with pytest.raises(ValueError, match="does num_classes match"):
+        task.training_step({"image": torch.rand(1, 3, 56, 56), "label": torch.full((1, 56, 56), 7)}, 0)
+
+
+# ---------------------------------------------------------------------------------------- learning
+
+
+class ColourBlocks(Dataset):
+    """Images of 14x14 blocks whose colour is the class: separable from (random) ViT features."""
+
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.8, 0.2], [0.1, 0.2, 0.9], [0.9, 0.9, 0.1]])
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 4, (n, 4, 4), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        label = self.labels[i].repeat_interleave(14, 0).repeat_interleave(14, 1)
+        return {"image": self.colours[label].permute(2, 0, 1).contiguous(), "label": label}
+
+
+class Blocks(L.LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader(ColourBlocks(16, 0), batch_size=2, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(ColourBlocks(6, 1), batch_size=1)
+
+    test_dataloader = val_dataloader
+
+
+def test_probe_learns_separable_classes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    task = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, upsampler=ups.Nearest(), feature_size=56, lr=5e-2)
+    trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, inference_mode=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    before = trainer.validate(task, Blocks(), verbose=False)[0]["val/mIoU"]
+    trainer.fit(task, Blocks())
+    after = trainer.validate(task, Blocks(), verbose=False)[0]["val/mIoU"]
+    assert after > 0.9 and after > before + 0.3, (before, after)
+
+
+def test_probe_checkpoint_keeps_only_what_cannot_be_rebuilt(tmp_path: Path) -> None:
+    task = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, feature_size=56)
+    checkpoint = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(checkpoint)
+    keys = set(checkpoint["state_dict"])
+    assert {"probe.weight", "probe.bias"} <= keys
+    assert any(k.startswith("features.backbone.") for k in keys), "a random backbone must be kept"
+    assert not any(k.startswith("features.upsampler.") for k in keys)
+    pretrained = SegmentationProbeTask.__new__(SegmentationProbeTask)
+    pretrained.__dict__.update(task.__dict__)
+    pretrained.backbone_config = BackboneConfig(pretrained=True)
+    checkpoint = {"state_dict": task.state_dict()}
+    pretrained.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {"probe.weight", "probe.bias"}
+
+
+def test_schedule_is_cosine_per_epoch_by_default() -> None:
+    task = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, feature_size=56)
+    task.trainer = type("T", (), {"max_epochs": 20})()
+    config = task.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch" and config["lr_scheduler"]["scheduler"].T_max == 20
+    assert config["optimizer"].defaults["weight_decay"] == 1e-5 and config["optimizer"].defaults["lr"] == 5e-4

@@ -1,0 +1,177 @@
+"""Every row of Table 1 behind one interface: ``upsampler(image, features, output_size) -> features``.
+
+``image`` is the backbone-normalised image the features were computed from (``[B, 3, H, W]``),
+``features`` the backbone grid (``[B, C, h, w]``) and the result is ``[B, C, *output_size]``.
+Upsamplers are chosen in YAML by class path, e.g.::
+
+    upsampler:
+      class_path: uplift.upsamplers.UPLiFTUpsampler
+      init_args: {weights: dinov2-s14}
+
+The published peers (JAFAR, AnyUp, LoftUp, FeatUp-JBU) load through ``torch.hub`` from their own
+repositories when the user has them; when their code or weights cannot be had,
+:class:`UpsamplerUnavailableError` says so and the Table 1 driver reports that row as unavailable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Upsampler",
+    "Nearest",
+    "Bilinear",
+    "UPLiFTUpsampler",
+    "TorchHubUpsampler",
+    "UpsamplerUnavailableError",
+    "JAFAR",
+    "AnyUp",
+    "LoftUp",
+    "FeatUpJBU",
+]
+
+
+class UpsamplerUnavailableError(RuntimeError):
+    """A peer upsampler's code or weights could not be loaded (offline, not installed, ...)."""
+
+
+class Upsampler(nn.Module):
+    """Base class. Subclasses implement :meth:`upsample`; ``forward`` validates and resizes."""
+
+    #: shown in tables
+    label: str = "upsampler"
+
+    def forward(self, image: Tensor, features: Tensor, output_size: Sequence[int]) -> Tensor:
+        if features.dim() != 4 or image.dim() != 4:
+            raise ValueError(f"expected [B, 3, H, W] image and [B, C, h, w] features, got {tuple(image.shape)} "
+                             f"and {tuple(features.shape)}.")
+        size = (int(output_size[0]), int(output_size[1]))
+        out = self.upsample(image, features, size)
+        if tuple(out.shape[-2:]) != size:  # over-upsampled (e.g. 16x on a patch-14 grid): resize down
+            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return out
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        raise NotImplementedError
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class Nearest(Upsampler):
+    label = "Nearest"
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        return F.interpolate(features, size=output_size, mode="nearest")
+
+
+class Bilinear(Upsampler):
+    label = "Bilinear"
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        return F.interpolate(features, size=output_size, mode="bilinear", align_corners=False)
+
+
+class UPLiFTUpsampler(Upsampler):
+    """UPLiFT from released weights (``dinov2-s14``, ...), a ``save_pretrained`` directory, or a
+    ``uplift fit`` checkpoint (``.ckpt`` of the predictive task). Runs ``steps`` 2x steps (default:
+    enough for one feature per pixel) and resizes to the requested size (16x on patch 14 then
+    bilinear down to 448, as the paper does)."""
+
+    label = "UPLiFT"
+
+    def __init__(self, weights: str = "dinov2-s14", steps: Optional[int] = None) -> None:
+        super().__init__()
+        self.weights, self.steps = weights, steps
+        self.model = load_uplift(weights)
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        return self.model(image, features, steps=self.steps)
+
+
+def load_uplift(weights: str) -> nn.Module:
+    """An UPLiFT model from a release name, a ``save_pretrained`` directory or a Lightning checkpoint."""
+    from uplift.checkpoints import load_state_dict_strict
+    from uplift.config import UPLiFTConfig
+    from uplift.model import UPLiFT
+
+    path = Path(weights)
+    if path.suffix == ".ckpt":
+        if not path.is_file():
+            raise FileNotFoundError(f"UPLiFT checkpoint {path} not found; train one with `uplift fit` first.")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if "uplift_config" not in checkpoint:
+            raise ValueError(f"{path} is not a checkpoint of the UPLiFT training task (no 'uplift_config').")
+        model = UPLiFT(UPLiFTConfig.from_dict(checkpoint["uplift_config"]))
+        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        load_state_dict_strict(model, state, source=f"checkpoint {path}")
+        return model.eval()
+    return UPLiFT.from_pretrained(weights)
+
+
+class TorchHubUpsampler(Upsampler):
+    """A published upsampler loaded with ``torch.hub.load(repo, entry, **kwargs)``.
+
+    ``call`` says how the loaded module is called: ``image_features`` (AnyUp-style
+    ``m(image, features, output_size=...)``), ``features_image`` (LoftUp/JAFAR-style
+    ``m(features, image)``) or ``featup`` (``m.upsampler(features, image)``, 16x).
+    """
+
+    def __init__(self, repo: str, entry: str, call: str = "image_features", label: Optional[str] = None,
+                 kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__()
+        if call not in ("image_features", "features_image", "featup"):
+            raise ValueError(f"call must be image_features, features_image or featup, got {call!r}.")
+        self.repo, self.entry, self.call = repo, entry, call
+        self.label = label or entry
+        try:
+            self.model = torch.hub.load(repo, entry, trust_repo=True, **(kwargs or {}))
+        except Exception as err:  # offline, repo not found, missing dependency: the row is unavailable
+            raise UpsamplerUnavailableError(
+                f"{self.label}: torch.hub.load({repo!r}, {entry!r}) failed ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). This row needs the peer's code and weights "
+                f"(network access once, then torch.hub's cache in {torch.hub.get_dir()})."
+            ) from err
+        self.model.eval().requires_grad_(False)
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        if self.call == "image_features":
+            return self.model(image, features, output_size=output_size)
+        if self.call == "features_image":
+            return self.model(features, image)
+        return self.model.upsampler(features, image)
+
+
+class JAFAR(TorchHubUpsampler):
+    """JAFAR (official code; the DINOv2-S/14 model)."""
+
+    def __init__(self, hub_kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__("PaulCouairon/JAFAR", "jafar", call="features_image", label="JAFAR", kwargs=hub_kwargs)
+
+
+class AnyUp(TorchHubUpsampler):
+    """AnyUp (official ``wimmerth/anyup`` hub entry ``anyup``, trained on DINOv2-S/14)."""
+
+    def __init__(self, hub_kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__("wimmerth/anyup", "anyup", call="image_features", label="AnyUp", kwargs=hub_kwargs)
+
+
+class LoftUp(TorchHubUpsampler):
+    """LoftUp (official ``andrehuang/loftup`` hub entry ``loftup_dinov2s``)."""
+
+    def __init__(self, hub_kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__("andrehuang/loftup", "loftup_dinov2s", call="features_image", label="LoftUp",
+                         kwargs={"pretrained": True, **(hub_kwargs or {})})
+
+
+class FeatUpJBU(TorchHubUpsampler):
+    """FeatUp's JBU stack for DINOv2-S/14 without backbone normalisation (``use_norm=False``), as the paper."""
+
+    def __init__(self, hub_kwargs: Optional[dict[str, Any]] = None) -> None:
+        super().__init__("mhamilton723/FeatUp", "dinov2", call="featup", label="FeatUp",
+                         kwargs={"use_norm": False, **(hub_kwargs or {})})
