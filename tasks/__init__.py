@@ -2,5 +2,6 @@
 
 from tasks.common import BackboneConfig
 from tasks.predictive import PredictiveTask
+from tasks.probes import SegmentationProbeTask
 
-__all__ = ["BackboneConfig", "PredictiveTask"]
+__all__ = ["BackboneConfig", "PredictiveTask", "SegmentationProbeTask"]

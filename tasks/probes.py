@@ -85,10 +85,11 @@ class ProbeTask(L.LightningModule):
             return
         path = Path(self.probe_checkpoint)
         if not path.is_file():
-            name = path.parts[1] if len(path.parts) > 2 and path.parts[0] == "runs" else "<this config>"
+            name = path.parts[1] if len(path.parts) > 2 and path.parts[0] == "runs" else ""
+            example = f" (e.g. `uplift fit --config configs/{name}.yaml`)" if (Path("configs") / f"{name}.yaml").is_file() else ""
             raise FileNotFoundError(
-                f"No trained probe at {path}: train it first with `uplift fit --config configs/{name}.yaml` "
-                f"(the same config and overrides), or pass --ckpt_path."
+                f"No trained probe at {path}: train it first with `uplift fit` and the same --config and "
+                f"overrides{example}, or pass --ckpt_path."
             )
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         missing = [k for k in self.state_dict() if not k.startswith("features.") and k not in state]

@@ -59,6 +59,18 @@ def test_uplift_row_from_training_checkpoint(tmp_path: Path) -> None:
         ups.UPLiFTUpsampler(weights=str(tmp_path / "missing.ckpt"))
 
 
+def test_uplift_row_from_released_file_on_disk(official_dir) -> None:
+    import shutil, tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # the release's file name tells which release it is
+        path = Path(tmp) / "uplift_dinov2-s14.safetensors"
+        shutil.copy(official_dir / "dinov2_s14_iter4.weights.safetensors", path)
+        row = ups.UPLiFTUpsampler(weights=str(path))
+        assert row.model.num_parameters() == 789_521
+        with pytest.raises(ValueError, match="not a released UPLiFT file"):
+            ups.UPLiFTUpsampler(weights=str(shutil.copy(path, Path(tmp) / "mine.safetensors")))
+
+
 @pytest.mark.parametrize("cls", [ups.JAFAR, ups.AnyUp, ups.LoftUp, ups.FeatUpJBU])
 def test_peer_rows_offline_say_they_are_unavailable(cls) -> None:
     with pytest.raises(ups.UpsamplerUnavailableError, match="torch.hub.load"):

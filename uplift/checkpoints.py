@@ -119,7 +119,8 @@ def load_pretrained(name_or_dir: Union[str, Path], cache_dir: Optional[str] = No
     release = RELEASES[name]
     way_out = (
         f"Without network access, copy {release.weights_file} from the hub repository {release.repo_id} "
-        f"to this machine and load it with UPLiFT.from_official('/path/to/{release.weights_file}', '{name}')."
+        f"to this machine and load it with UPLiFT.from_official('/path/to/{release.weights_file}', '{name}') "
+        f"(in a config: `weights: /path/to/{release.weights_file}`)."
     )
     weights = download(release.repo_id, release.weights_file, what=f"the released UPLiFT {name} weights",
                        way_out=way_out, cache_dir=cache_dir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Optional
 
 __all__ = ["main", "run_cli"]
@@ -37,17 +38,23 @@ def _cli_class() -> type:
 
 
 def _user_error(err: BaseException) -> Optional[BaseException]:
-    """The innermost error meant for the user (bad input, missing data or weights) in ``err``'s chain.
+    """The error meant for the user (bad input, missing data or weights) in ``err``'s chain.
 
     jsonargparse wraps errors raised while building the configured classes in a long "does not
-    validate against any of the Union subtypes" message; the user needs only the original one.
+    validate against any of the Union subtypes" message; the user needs only the original one. Our
+    own errors (which already say what to do) win over the library errors they wrap.
     """
+    from uplift.checkpoints import CheckpointMismatchError
     from uplift.hub import WeightsUnavailableError
+    from uplift.upsamplers import UpsamplerUnavailableError
 
+    ours = (WeightsUnavailableError, UpsamplerUnavailableError, CheckpointMismatchError)
     found, seen = None, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
-        if isinstance(err, (ValueError, FileNotFoundError, WeightsUnavailableError)):
+        if isinstance(err, ours):
+            return err
+        if isinstance(err, (ValueError, FileNotFoundError)):
             found = err
         err = err.__cause__ or err.__context__
     return found
@@ -71,19 +78,22 @@ def run_cli(args: Optional[list[str]] = None) -> Any:
     import lightning as L
 
     cli_class = _cli_class()
-    return cli_class(
-        L.LightningModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False},
-        parser_kwargs={"description": "UPLiFT: train feature upsamplers, evaluate them with probes, write dense features."},
-        auto_configure_optimizers=False,
-        args=args,
-    )
-
+    # Called from Python (demo, Table 1 driver) the process's own argv is the driver's; it must stay
+    # as it is (DDP re-launches the process with it), so only the warning about it is silenced.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        return cli_class(
+            L.LightningModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"use_distributed_sampler": False},
+            parser_kwargs={"description": "UPLiFT: train feature upsamplers, evaluate them with probes, write dense features."},
+            auto_configure_optimizers=False,
+            args=args,
+        )
 
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

@@ -95,12 +95,21 @@ class UPLiFTUpsampler(Upsampler):
 
 
 def load_uplift(weights: str) -> nn.Module:
-    """An UPLiFT model from a release name, a ``save_pretrained`` directory or a Lightning checkpoint."""
+    """An UPLiFT model from a release name, a released ``.safetensors`` file on disk, a
+    ``save_pretrained`` directory or a Lightning checkpoint of the training task."""
     from uplift.checkpoints import load_state_dict_strict
     from uplift.config import UPLiFTConfig
     from uplift.model import UPLiFT
 
+    from uplift.hub import RELEASES
+
     path = Path(weights)
+    if path.suffix == ".safetensors":  # a released checkpoint copied by hand: its file name names the release
+        release = next((name for name, r in RELEASES.items() if r.weights_file == path.name), None)
+        if release is None:
+            raise ValueError(f"{path.name} is not a released UPLiFT file ({', '.join(r.weights_file for r in RELEASES.values())}); "
+                             f"pass a release name, a save_pretrained folder or a training .ckpt.")
+        return UPLiFT.from_official(path, release)
     if path.suffix == ".ckpt":
         if not path.is_file():
             raise FileNotFoundError(f"UPLiFT checkpoint {path} not found; train one with `uplift fit` first.")
