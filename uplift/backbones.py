@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from uplift.blocks import check_patch_multiple
 from uplift.hub import WeightsUnavailableError
 
 __all__ = ["SD15_VAE_CONFIG", "Backbone", "TimmViTBackbone", "VAEBackbone", "build_backbone"]
@@ -106,14 +107,7 @@ class Backbone(nn.Module):
         if not isinstance(image01, Tensor) or image01.dim() != 4 or image01.shape[1] != 3:
             shape = tuple(image01.shape) if isinstance(image01, Tensor) else type(image01).__name__
             raise ValueError(f"{type(self).__name__} expects a [B, 3, H, W] image batch in [0, 1], got {shape}.")
-        p = self.patch_size
-        h, w = image01.shape[-2:]
-        if h % p or w % p:
-            fix_h, fix_w = max(p, round(h / p) * p), max(p, round(w / p) * p)
-            raise ValueError(
-                f"Image size {h}x{w} is not a multiple of the patch size {p} of {type(self).__name__}; resize or "
-                f"crop it to a multiple of {p} (e.g. {fix_h}x{fix_w})."
-            )
+        check_patch_multiple(*image01.shape[-2:], self.patch_size, f" of {type(self).__name__}")
 
     def _input(self, image01: Tensor) -> Tensor:
         self.check_image(image01)

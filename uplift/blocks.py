@@ -20,6 +20,7 @@ __all__ = [
     "BlockGroup",
     "UpBlock",
     "add_channel_residual",
+    "check_patch_multiple",
     "resize_nearest",
 ]
 
@@ -36,6 +37,16 @@ def add_channel_residual(residual: Tensor, out: Tensor) -> Tensor:
     if c_res >= c_out:
         return out + residual[:, :c_out]
     return out + F.pad(residual, (0, 0, 0, 0, 0, c_out - c_res))
+
+
+def check_patch_multiple(height: int, width: int, patch: int, hint: str = "") -> None:
+    """One ``ValueError`` naming the size, the patch size and the nearest valid size."""
+    if height % patch or width % patch:
+        fix_h, fix_w = max(patch, round(height / patch) * patch), max(patch, round(width / patch) * patch)
+        raise ValueError(
+            f"Image size {height}x{width} is not a multiple of the patch size {patch}{hint}; resize or crop it "
+            f"to a multiple of {patch} (e.g. {fix_h}x{fix_w})."
+        )
 
 
 def resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uplift.attender import LocalAttender
-from uplift.blocks import BlockGroup, UpBlock, resize_nearest
+from uplift.blocks import BlockGroup, UpBlock, check_patch_multiple, resize_nearest
 from uplift.config import UPLiFTConfig
 
 __all__ = ["UPLiFT", "DenseEncoder", "Decoder"]
@@ -189,12 +189,7 @@ class UPLiFT(nn.Module):
         if image.shape[0] != features.shape[0]:
             raise ValueError(f"`image` batch size {image.shape[0]} differs from `features` batch size {features.shape[0]}.")
         h, w = image.shape[-2:]
-        if h % p or w % p:
-            fix_h, fix_w = max(p, round(h / p) * p), max(p, round(w / p) * p)
-            raise ValueError(
-                f"Image size {h}x{w} is not a multiple of the patch size {p}; resize or crop it to a "
-                f"multiple of {p} (e.g. {fix_h}x{fix_w}) before running the backbone."
-            )
+        check_patch_multiple(h, w, p, " (do that before running the backbone)")
         if (h // p, w // p) != tuple(features.shape[-2:]):
             raise ValueError(
                 f"`features` grid {tuple(features.shape[-2:])} does not match the image: {h}x{w} pixels at "
