@@ -4,7 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench clean help
+.PHONY: install test demo bench reproduce-table1 clean help
+
+SCALE ?= full
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
@@ -22,6 +24,9 @@ test: install  ## run the whole test suite (offline, CPU, ~minutes)
 
 demo: install  ## train for a few minutes on bundled photos, print UPLiFT vs bilinear, write a PCA picture
 	$(PY) -m uplift.demo $(ARGS)
+
+reproduce-table1: install  ## Table 1: every upsampler x every probe -> results/table1.md (SCALE=tiny: pipeline test)
+	$(PY) -m uplift.reproduce --scale $(SCALE) $(ARGS)
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py

@@ -2,16 +2,19 @@
 real photos bundled with scikit-image (so ``uplift fit`` runs with no data at all).
 
 Every image is resized to ``image_size x image_size`` (bilinear, as the release's
-``Resize((448, 448))``) and returned in [0, 1]; normalisation belongs to the backbone. A corrupt or
-unreadable image is skipped with a warning naming the file, and the count of skipped images is
-reported to the training task (logged as ``data/skipped_images``) instead of crashing a long run.
+``Resize((448, 448))``) and returned in [0, 1]; normalisation belongs to the backbone. With
+``crop: random`` (the VAE model's 1024 crops of Unsplash photos) training images are instead randomly
+cropped, at a position drawn from (seed, epoch, index) alone so runs and resumes are reproducible,
+and validation images centre-cropped; images smaller than the crop are skipped with a warning. A
+corrupt or unreadable image is skipped with a warning naming the file, and the count of skipped images
+is reported to the training task (logged as ``data/skipped_images``) instead of crashing a long run.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Literal, Optional, Sequence
 
 import lightning as L
 import numpy as np
@@ -22,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.sampling import ResumableSampler
 
-__all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "ImageDataModule", "ImageFolder", "list_images", "collate_images", "load_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "EpochIndexSampler", "ImageDataModule", "ImageFolder", "list_images",
+           "collate_images", "load_rgb"]
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +99,71 @@ class _Take:
         return self.items[self.indices[index]]
 
 
-class ImageFolder(Dataset):
-    """Images from a list of paths or in-memory images. Returns ``None`` for unreadable files."""
+CropMode = Literal["resize", "random", "center"]
 
-    def __init__(self, items: Sequence[Any], names: Sequence[str], image_size: Optional[int]) -> None:
+
+class ImageFolder(Dataset):
+    """Images from a list of paths or in-memory images. Returns ``None`` for unreadable files.
+
+    ``crop``: ``resize`` (to ``image_size`` squared), ``center`` or ``random`` (an ``image_size``
+    square crop; images smaller than that are skipped with a warning, returning ``None``). Random
+    crop positions come from ``(seed, epoch, index)``: index the dataset with ``(epoch, index)``
+    pairs (as :class:`EpochIndexSampler` yields them) to get new crops every epoch.
+    """
+
+    def __init__(self, items: Sequence[Any], names: Sequence[str], image_size: Optional[int],
+                 crop: CropMode = "resize", seed: int = 0) -> None:
+        if crop not in ("resize", "random", "center"):
+            raise ValueError(f"crop must be 'resize', 'random' or 'center', got {crop!r}.")
+        if crop != "resize" and image_size is None:
+            raise ValueError(f"crop={crop!r} needs an image_size.")
         self.items, self.names, self.image_size = items, list(names), image_size
+        self.crop, self.seed = crop, seed
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> Optional[dict[str, Any]]:
+    def __getitem__(self, index: Any) -> Optional[dict[str, Any]]:
+        epoch, index = index if isinstance(index, tuple) else (0, index)
         try:
-            image = to_tensor(load_rgb(self.items[index]), self.image_size)
+            img = load_rgb(self.items[index])
         except Exception as err:  # corrupt, truncated, unsupported: skip it, name it
             log.warning("Skipping unreadable image %s (%s: %s)", self.names[index], type(err).__name__, err)
             return None
-        return {"image": image, "name": self.names[index]}
+        if self.crop != "resize":
+            size = self.image_size
+            if img.width < size or img.height < size:
+                log.warning("Skipping image %s: %dx%d is smaller than the %dx%d crop (data.image_size)",
+                            self.names[index], img.width, img.height, size, size)
+                return None
+            left, top = self.crop_position(img.width, img.height, index, epoch)
+            img = img.crop((left, top, left + size, top + size))
+        return {"image": to_tensor(img, self.image_size), "name": self.names[index]}
+
+    def crop_position(self, width: int, height: int, index: int, epoch: int = 0) -> tuple[int, int]:
+        """``(left, top)`` of the crop: centred, or drawn from ``(seed, epoch, index)`` alone."""
+        spare_x, spare_y = width - self.image_size, height - self.image_size
+        if self.crop == "center":
+            return spare_x // 2, spare_y // 2
+        rng = np.random.default_rng((self.seed, epoch, index))
+        return int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
 
 
-def collate_images(samples: list[Optional[dict[str, Any]]]) -> Optional[dict[str, Any]]:
-    """Stack readable samples; ``skipped`` counts the unreadable ones. ``None`` if none is readable."""
+class EpochIndexSampler(ResumableSampler):
+    """:class:`ResumableSampler` yielding ``(epoch, index)``, so that datasets can draw per-sample
+    randomness (crop positions) from the seed, epoch and index alone, also in worker processes."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
+def collate_images(samples: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
+    """Stack the readable samples; ``skipped`` counts the unreadable ones (each already named in a
+    warning). ``image`` is ``None`` when no sample of the batch could be read."""
     good = [s for s in samples if s is not None]
-    if not good:
-        return None
     return {
-        "image": torch.stack([s["image"] for s in good]),
+        "image": torch.stack([s["image"] for s in good]) if good else None,
         "name": [s["name"] for s in good],
         "skipped": len(samples) - len(good),
     }
@@ -139,7 +183,11 @@ class ImageDataModule(L.LightningDataModule):
         predict_root: folder of images for ``uplift predict`` (default: the bundled photos); each is
             resized so that its short side is ``predict_size`` (``null``: kept at its own size); the
             task centre-crops it to a multiple of the patch size.
-        image_size: training/validation side S (the release uses 448 for DINO models).
+        image_size: training/validation side S (the release uses 448 for DINO models, 1024 for the VAE).
+        crop: ``resize`` (the whole image resized to S x S, as the DINO releases) or ``random``
+            (random S x S crops for training, a new position every epoch, deterministic given
+            ``seed``; centre crops for validation; images smaller than S are skipped with a
+            warning; as the VAE release's 1024 crops of Unsplash photos).
         val_fraction / max_val_images: size of the held-out split.
     """
 
@@ -154,6 +202,7 @@ class ImageDataModule(L.LightningDataModule):
         predict_root: Optional[str] = None,
         predict_size: Optional[int] = 448,
         image_size: int = 448,
+        crop: Literal["resize", "random"] = "resize",
         batch_size: int = 32,
         val_batch_size: Optional[int] = None,
         num_workers: int = 4,
@@ -162,6 +211,8 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if crop not in ("resize", "random"):
+            raise ValueError(f"data.crop must be 'resize' or 'random', got {crop!r}.")
         self.save_hyperparameters()
         self.train_set: Optional[ImageFolder] = None
         self.val_set: Optional[ImageFolder] = None
@@ -198,8 +249,10 @@ class ImageDataModule(L.LightningDataModule):
                 val_idx, train_idx = sorted(held), [i for i in range(len(items)) if i not in held]
                 val_items, val_names = _Take(items, val_idx), [names[i] for i in val_idx]
                 items, names = _Take(items, train_idx), [names[i] for i in train_idx]
-            self.train_set = ImageFolder(items, names, hp.image_size)
-            self.val_set = ImageFolder(val_items, val_names, hp.image_size)
+            cropping = hp.crop == "random"  # random crops for training, centre crops for validation
+            self.train_set = ImageFolder(items, names, hp.image_size, crop="random" if cropping else "resize",
+                                         seed=hp.seed)
+            self.val_set = ImageFolder(val_items, val_names, hp.image_size, crop="center" if cropping else "resize")
         if stage == "predict" and self.predict_set is None:
             if hp.predict_root:
                 files = list_images(hp.predict_root)
@@ -225,9 +278,11 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer is not None:  # resuming mid-epoch: skip what the interrupted run consumed
             epoch = self.trainer.current_epoch
             done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        sampler = ResumableSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed, rank=rank,
-                                   world_size=world, drop_last=True, resume_epoch=epoch,
-                                   resume_skip=done * self.hparams.batch_size)
+        # random crops: the sampler tells the dataset the epoch along with each index
+        sampler_class = EpochIndexSampler if self.train_set.crop == "random" else ResumableSampler
+        sampler = sampler_class(len(self.train_set), shuffle=True, seed=self.hparams.seed, rank=rank,
+                                world_size=world, drop_last=True, resume_epoch=epoch,
+                                resume_skip=done * self.hparams.batch_size)
         return self._loader(self.train_set, self.hparams.batch_size, sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

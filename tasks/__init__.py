@@ -1,7 +1,8 @@
 """LightningModules for training UPLiFT and evaluating it with probes."""
 
 from tasks.common import BackboneConfig
+from tasks.generative import GenerativeTask
 from tasks.predictive import PredictiveTask
 from tasks.probes import SegmentationProbeTask
 
-__all__ = ["BackboneConfig", "PredictiveTask", "SegmentationProbeTask"]
+__all__ = ["BackboneConfig", "GenerativeTask", "PredictiveTask", "SegmentationProbeTask"]

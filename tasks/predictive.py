@@ -100,21 +100,30 @@ class PredictiveTask(L.LightningModule):
         self.log("data/skipped_images", float(self._skipped_images), reduce_fx="sum", sync_dist=False)
 
     # ------------------------------------------------------------------ training
+    def model_input(self, features: Tensor) -> Tensor:
+        """The low-res features a training depth upsamples (the targets stay the backbone's own).
+        Identity here; the generative task adds its latent noise augmentation."""
+        return features
+
     def multi_depth_loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The UPLiFT objective (paper Eq. 5) for a batch of [0, 1] images, and its d/step terms."""
         pyramid = self.feature_pyramid(images, max(self.depths))
         terms = {}
         for depth in self.depths:
             image, features = pyramid[depth]
-            outputs = self.model(self.guide_image(image), features, steps=depth, return_all_steps=True)
+            inputs = self.model_input(features)
+            outputs = self.model(self.guide_image(image), inputs, steps=depth, return_all_steps=True)
             for step, output in enumerate(outputs, start=1):
                 terms[f"d{depth}_step{step}"] = F.mse_loss(output.float(), pyramid[depth - step][1])
         return torch.stack(list(terms.values())).sum(), terms
 
-    def training_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> Optional[Tensor]:
-        if batch is None:  # every image of the batch was unreadable (already warned per file)
-            return None
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[Tensor]:
         self._track_skipped(batch)
+        if batch["image"] is None:  # no image of this batch was readable (each one named in a warning)
+            if self._trainer is not None and self.trainer.world_size > 1:
+                # every rank must run backward, or the gradient all-reduce waits forever
+                return sum(p.sum() for p in self.model.parameters()) * 0.0
+            return None
         total, terms = self.multi_depth_loss(batch["image"])
         batch_size = batch["image"].shape[0]
         for name, loss in terms.items():
@@ -126,15 +135,15 @@ class PredictiveTask(L.LightningModule):
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
 
     # ------------------------------------------------------------------ validation
-    def validation_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
 
-    def test_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> None:
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
 
-    def _evaluate(self, batch: Optional[dict[str, Any]], batch_idx: int, stage: str) -> None:
+    def _evaluate(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
         """Held-out reconstruction error of UPLiFT and of bilinear upsampling, side by side."""
-        if batch is None:
+        if batch["image"] is None:
             return
         pyramid = self.feature_pyramid(batch["image"], max(self.depths))
         target = pyramid[0][1]
@@ -182,9 +191,9 @@ class PredictiveTask(L.LightningModule):
         self._log_ratio("test")
 
     # ------------------------------------------------------------------ prediction
-    def predict_step(self, batch: Optional[dict[str, Any]], batch_idx: int) -> None:
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Write each image's pixel-dense features and PCA picture; returns nothing (no RAM build-up)."""
-        if batch is None:
+        if batch["image"] is None:
             return None
         out_dir = self.predict_dir
         for image, name in zip(batch["image"], batch["name"]):

@@ -225,8 +225,10 @@ def test_corrupt_image_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None
     assert any("broken.jpg" in r.getMessage() for r in caplog.records)
 
 
-def test_all_corrupt_batch_is_skipped_by_training(tmp_path: Path) -> None:
-    assert tiny_task().training_step(None, 0) is None
+def test_all_corrupt_batch_is_skipped_by_training_and_counted(tmp_path: Path) -> None:
+    task = tiny_task()
+    assert task.training_step({"image": None, "name": [], "skipped": 2}, 0) is None
+    assert task._skipped_images == 2
 
 
 def test_missing_and_empty_folders_are_clear_errors(tmp_path: Path) -> None:
