@@ -34,7 +34,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
@@ -42,8 +41,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.images import EpochIndexSampler, load_rgb
-from datamodules.sampling import ResumableSampler
+from datamodules.images import load_rgb
+from datamodules.sampling import ShardedDataModule
 from uplift.hub import WeightsUnavailableError
 
 __all__ = ["COCODepthDataModule", "DepthDataset", "build_depth_model", "coco_split_images", "DA_V2_PROCESSOR"]
@@ -228,7 +227,7 @@ class DepthDataset(Dataset):
 # ---------------------------------------------------------------------------------------- data module
 
 
-class COCODepthDataModule(L.LightningDataModule):
+class COCODepthDataModule(ShardedDataModule):
     """COCO 2017 images with cached Depth-Anything-V2 pseudo-depth targets (see the module docstring).
 
     Args:
@@ -345,31 +344,12 @@ class COCODepthDataModule(L.LightningDataModule):
                                                 seed=hp.seed)
 
     # ------------------------------------------------------------------ loaders
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: ResumableSampler,
-                drop_last: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        epoch, done = 0, 0
-        if self.trainer is not None:  # resuming mid-epoch: skip what the interrupted run consumed
-            epoch = self.trainer.current_epoch
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        sampler = EpochIndexSampler(len(self.datasets["train"]), shuffle=True, seed=self.hparams.seed, rank=rank,
-                                    world_size=world, drop_last=True, resume_epoch=epoch,
-                                    resume_skip=done * self.hparams.batch_size)
-        return self._loader(self.datasets["train"], self.hparams.batch_size, sampler, drop_last=True)
+        # the dataset draws each flip from (seed, epoch, index): the sampler passes the epoch along
+        return self.train_loader(self.datasets["train"], self.hparams.batch_size, epoch_tagged=True)
 
     def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.datasets["val"]), shuffle=False, rank=rank, world_size=world, pad=False)
-        return self._loader(self.datasets["val"], self.hparams.val_batch_size, sampler)
+        return self.eval_loader(self.datasets["val"], self.hparams.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         """``uplift test`` scores COCO val2017 (the curated list when present)."""

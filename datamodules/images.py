@@ -16,16 +16,15 @@ import logging
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import ResumableSampler
+from datamodules.sampling import ShardedDataModule
 
-__all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "EpochIndexSampler", "ImageDataModule", "ImageFolder", "list_images",
+__all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "ImageDataModule", "ImageFolder", "list_images",
            "collate_images", "load_rgb"]
 
 log = logging.getLogger(__name__)
@@ -149,15 +148,6 @@ class ImageFolder(Dataset):
         return int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
 
 
-class EpochIndexSampler(ResumableSampler):
-    """:class:`ResumableSampler` yielding ``(epoch, index)``, so that datasets can draw per-sample
-    randomness (crop positions) from the seed, epoch and index alone, also in worker processes."""
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((epoch, index) for index in super().__iter__())
-
-
 def collate_images(samples: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
     """Stack the readable samples; ``skipped`` counts the unreadable ones (each already named in a
     warning). ``image`` is ``None`` when no sample of the batch could be read."""
@@ -169,7 +159,7 @@ def collate_images(samples: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ShardedDataModule):
     """Image data for training, validation and prediction.
 
     Args:
@@ -263,41 +253,22 @@ class ImageDataModule(L.LightningDataModule):
             self.predict_set = _PredictImages(items, names, hp.predict_size)
 
     # ------------------------------------------------------------------ loaders
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: ResumableSampler, drop_last: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_images,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
-
     def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        epoch, done = 0, 0
-        if self.trainer is not None:  # resuming mid-epoch: skip what the interrupted run consumed
-            epoch = self.trainer.current_epoch
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
         # random crops: the sampler tells the dataset the epoch along with each index
-        sampler_class = EpochIndexSampler if self.train_set.crop == "random" else ResumableSampler
-        sampler = sampler_class(len(self.train_set), shuffle=True, seed=self.hparams.seed, rank=rank,
-                                world_size=world, drop_last=True, resume_epoch=epoch,
-                                resume_skip=done * self.hparams.batch_size)
-        return self._loader(self.train_set, self.hparams.batch_size, sampler, drop_last=True)
+        return self.train_loader(self.train_set, self.hparams.batch_size, epoch_tagged=self.train_set.crop == "random",
+                                 collate_fn=collate_images)
 
     def val_dataloader(self) -> DataLoader:
         # Not sharded: every rank scores the whole (small) held-out set, so metrics need no gathering.
-        sampler = ResumableSampler(len(self.val_set), shuffle=False)
-        return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, sampler)
+        return self.eval_loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, shard=False,
+                                collate_fn=collate_images)
 
     def test_dataloader(self) -> DataLoader:
         """``uplift test`` scores the held-out images (``val_root`` or the held-out split)."""
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.predict_set), shuffle=False, rank=rank, world_size=world, pad=False)
-        return self._loader(self.predict_set, 1, sampler)
+        return self.eval_loader(self.predict_set, 1, collate_fn=collate_images)
 
 
 class _PredictImages(ImageFolder):

@@ -9,12 +9,13 @@ every world_size-th index), so the trainer runs with ``use_distributed_sampler=F
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
+import lightning as L
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["ResumableSampler"]
+__all__ = ["EpochIndexSampler", "ResumableSampler", "ShardedDataModule"]
 
 
 class ResumableSampler(Sampler[int]):
@@ -51,3 +52,53 @@ class ResumableSampler(Sampler[int]):
     def __len__(self) -> int:
         # The full epoch length, also when resuming: Lightning counts the skipped batches as done.
         return len(self._indices())
+
+
+class EpochIndexSampler(ResumableSampler):
+    """A :class:`ResumableSampler` yielding ``(epoch, index)``, so that datasets can draw per-sample
+    randomness (crop positions, flips) from the seed, epoch and index alone, also inside persistent
+    worker processes, which never see ``set_epoch``."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, index) for index in super().__iter__())
+
+
+class ShardedDataModule(L.LightningDataModule):
+    """Base of our datamodules: loaders that shard across DDP ranks themselves and resume exactly.
+
+    Subclasses keep ``num_workers`` and ``seed`` in their hyperparameters and build their loaders
+    with :meth:`train_loader` and :meth:`eval_loader`.
+    """
+
+    def rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool,
+                collate_fn: Optional[Callable]) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
+                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+
+    def train_loader(self, dataset: Dataset, batch_size: int, *, epoch_tagged: bool = False,
+                     collate_fn: Optional[Callable] = None) -> DataLoader:
+        """Shuffled, rank-sharded, last partial batch dropped; after a mid-epoch ``--ckpt_path``
+        resume it skips the samples the interrupted run consumed. ``epoch_tagged``: the dataset
+        receives ``(epoch, index)`` pairs (:class:`EpochIndexSampler`)."""
+        rank, world = self.rank_world()
+        epoch, done = 0, 0
+        if self.trainer is not None:  # Lightning restores the batch counter but restarts the loader
+            epoch = self.trainer.current_epoch
+            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        sampler_class = EpochIndexSampler if epoch_tagged else ResumableSampler
+        sampler = sampler_class(len(dataset), shuffle=True, seed=self.hparams.seed, rank=rank, world_size=world,
+                                drop_last=True, resume_epoch=epoch, resume_skip=done * batch_size)
+        return self._loader(dataset, batch_size, sampler, True, collate_fn)
+
+    def eval_loader(self, dataset: Dataset, batch_size: int, *, shard: bool = True,
+                    collate_fn: Optional[Callable] = None) -> DataLoader:
+        """In order; sharded without padding (no sample counted twice) unless ``shard=False``."""
+        rank, world = self.rank_world() if shard else (0, 1)
+        sampler = ResumableSampler(len(dataset), shuffle=False, rank=rank, world_size=world, pad=False)
+        return self._loader(dataset, batch_size, sampler, False, collate_fn)

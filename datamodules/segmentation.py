@@ -26,7 +26,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Optional, Sequence, Union
 
-import lightning as L
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
@@ -34,7 +33,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
-from datamodules.sampling import ResumableSampler
+from datamodules.sampling import ShardedDataModule
 
 __all__ = [
     "IGNORE_INDEX",
@@ -188,17 +187,8 @@ class SegmentationDataset(Dataset):
         return {"image": image_t, "label": label_t, "name": image_path.stem}
 
 
-class _EpochTaggedSampler(ResumableSampler):
-    """A :class:`ResumableSampler` yielding ``(epoch, index)``, so the dataset (also inside persistent
-    workers, which never see ``set_epoch``) knows the epoch its flip is drawn for."""
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
-        epoch = self.epoch
-        return ((epoch, i) for i in super().__iter__())
-
-
 # ----------------------------------------------------------------------------------------------- data modules
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(ShardedDataModule):
     """Base class: a segmentation dataset in its official layout, with the probe protocol's transforms.
 
     Args:
@@ -284,37 +274,18 @@ class SegmentationDataModule(L.LightningDataModule):
             self.val_set = SegmentationDataset(self._split_pairs("val"), hp.image_size, self.label_table())
 
     # ------------------------------------------------------------------ loaders
-    def _rank_world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
-    def _loader(self, dataset: Dataset, batch_size: int, sampler: ResumableSampler,
-                drop_last: bool = False) -> DataLoader:
-        workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
-
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        rank, world = self._rank_world()
-        epoch, done = 0, 0
-        if self.trainer is not None:  # resuming mid-epoch: skip what the interrupted run consumed
-            epoch = self.trainer.current_epoch
-            done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        sampler = _EpochTaggedSampler(len(self.train_set), shuffle=True, seed=self.hparams.seed, rank=rank,
-                                      world_size=world, drop_last=True, resume_epoch=epoch,
-                                      resume_skip=done * self.hparams.batch_size)
-        return self._loader(self.train_set, self.hparams.batch_size, sampler, drop_last=True)
+        # the dataset draws each flip from (seed, epoch, index): the sampler passes the epoch along
+        return self.train_loader(self.train_set, self.hparams.batch_size, epoch_tagged=True)
 
     def val_dataloader(self) -> DataLoader:
         """Sharded without padding: each rank scores its own images, and the metric states are summed over
         ranks, so every val image counts exactly once."""
         if self.val_set is None:
             self.setup("validate")
-        rank, world = self._rank_world()
-        sampler = ResumableSampler(len(self.val_set), shuffle=False, rank=rank, world_size=world, pad=False)
-        return self._loader(self.val_set, self.hparams.val_batch_size, sampler)
+        return self.eval_loader(self.val_set, self.hparams.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         """The protocol reports results on the val split (the test splits have no public labels)."""

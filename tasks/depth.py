@@ -175,15 +175,12 @@ class DepthProbeTask(ProbeTask):
         schedule_interval: Literal["epoch", "step"] = "epoch",
         probe_checkpoint: Optional[str] = None,
     ) -> None:
-        super().__init__(backbone, upsampler, feature_size, probe_checkpoint)
-        self.lr, self.weight_decay, self.gradient_weight = lr, weight_decay, gradient_weight
-        self.schedule_interval = schedule_interval
+        metrics = MetricCollection({"delta1": DepthDelta1(), "rmse": DepthRMSE()})
+        super().__init__(backbone, upsampler, feature_size, probe_checkpoint, metrics, lr, weight_decay, schedule_interval)
+        self.gradient_weight = gradient_weight
         channels = self.features.backbone.feature_channels
         self.head = nn.Conv2d(2 * channels, 256, kernel_size=1)
         self.register_buffer("bin_centers", torch.linspace(MIN_DEPTH, MAX_DEPTH, 256), persistent=False)
-        metrics = MetricCollection({"delta1": DepthDelta1(), "rmse": DepthRMSE()})
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
 
     def head_scores(self, dense: Tensor, cls: Tensor) -> Tensor:
         """``head(concat(dense, broadcast(normalize(cls))))`` without materialising the broadcast: the CLS
@@ -207,19 +204,5 @@ class DepthProbeTask(ProbeTask):
         self.log_dict({"train/silog": si, "train/gradient": grad}, batch_size=size)
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], metrics: MetricCollection) -> None:
-        metrics.update(self(batch["image"]), batch["depth"])
-        self.log_dict(metrics, batch_size=batch["image"].shape[0])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.lr, betas=(0.9, 0.999),
-                                      weight_decay=self.weight_decay)
-        epochs = max(1, self.trainer.max_epochs or 1) if self.trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule_interval}}
+    def evaluation_pair(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        return self(batch["image"]), batch["depth"]

@@ -65,12 +65,39 @@ class ProbeTask(L.LightningModule):
     """
 
     def __init__(self, backbone: BackboneConfig, upsampler: Optional[Upsampler], feature_size: int,
-                 probe_checkpoint: Optional[str]) -> None:
+                 probe_checkpoint: Optional[str], metrics: MetricCollection, lr: float, weight_decay: float,
+                 schedule_interval: str) -> None:
         super().__init__()
         self.backbone_config = backbone
         self.features = FrozenFeatures(backbone, upsampler if upsampler is not None else Bilinear(), feature_size)
         self.probe_checkpoint = probe_checkpoint
+        self.lr, self.weight_decay, self.schedule_interval = lr, weight_decay, schedule_interval
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
         self.strict_loading = False  # frozen parts are rebuilt from the config, not stored
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluation_pair(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(prediction, target)`` for the metrics."""
+        raise NotImplementedError
+
+    def _evaluate(self, batch: dict[str, Any], metrics: MetricCollection) -> None:
+        metrics.update(*self.evaluation_pair(batch))
+        self.log_dict(metrics, batch_size=batch["image"].shape[0])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW on the probe alone (everything else is frozen), cosine annealing over the epochs."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
+        epochs = max(1, self.trainer.max_epochs or 1) if self.trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule_interval}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep_backbone = not self.backbone_config.reproducible  # a random backbone cannot be rebuilt
@@ -116,16 +143,13 @@ class SegmentationProbeTask(ProbeTask):
         schedule_interval: Literal["epoch", "step"] = "epoch",
         probe_checkpoint: Optional[str] = None,
     ) -> None:
-        super().__init__(backbone, upsampler, feature_size, probe_checkpoint)
-        self.num_classes, self.lr, self.weight_decay = num_classes, lr, weight_decay
-        self.schedule_interval = schedule_interval
-        self.probe = nn.Conv2d(self.features.backbone.feature_channels, num_classes, kernel_size=1)
         metrics = MetricCollection({
             "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=255),
             "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=255),
         })
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        super().__init__(backbone, upsampler, feature_size, probe_checkpoint, metrics, lr, weight_decay, schedule_interval)
+        self.num_classes = num_classes
+        self.probe = nn.Conv2d(self.features.backbone.feature_channels, num_classes, kernel_size=1)
 
     def forward(self, image01: Tensor) -> Tensor:
         return self.probe(self.features(image01))
@@ -142,19 +166,5 @@ class SegmentationProbeTask(ProbeTask):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], metrics: MetricCollection) -> None:
-        logits = self(batch["image"])
-        metrics.update(logits.argmax(1), batch["label"])
-        self.log_dict(metrics, batch_size=batch["image"].shape[0])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.probe.parameters(), lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
-        epochs = max(1, self.trainer.max_epochs or 1) if self.trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule_interval}}
+    def evaluation_pair(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        return self(batch["image"]).argmax(1), batch["label"]

@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 
 from datamodules import ImageDataModule
-from datamodules.images import EpochIndexSampler, ImageFolder, collate_images
+from datamodules.images import ImageFolder, collate_images
+from datamodules.sampling import EpochIndexSampler
 from tasks import BackboneConfig, GenerativeTask
 from tests.conftest import REPO
 from tests.helpers import tiny_vae_config
