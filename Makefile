@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench reproduce-table1 clean help
+.PHONY: install test demo bench reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 clean help
 
 SCALE ?= full
 
@@ -27,6 +27,15 @@ demo: install  ## train for a few minutes on bundled photos, print UPLiFT vs bil
 
 reproduce-table1: install  ## Table 1: every upsampler x every probe -> results/table1.md (SCALE=tiny: pipeline test)
 	$(PY) -m uplift.reproduce --scale $(SCALE) $(ARGS)
+
+reproduce-table2: install  ## Table 2: SD1.5 512 -> UPLiFT 1024 on COCO-5k captions -> results/table2.md (SCALE=tiny: pipeline test)
+	$(PY) -m uplift.evaluation.text2image --scale $(SCALE) --config configs/t2i_coco.yaml $(ARGS)
+
+reproduce-table3: install  ## Table 3: SD1.5 512 -> UPLiFT 1024 on reLAION-5k prompts -> results/table3.md (SCALE=tiny: pipeline test)
+	$(PY) -m uplift.evaluation.text2image --scale $(SCALE) --config configs/t2i_relaion.yaml $(ARGS)
+
+reproduce-table4: install  ## Table 4: 256 -> 1024 super-resolution, FacesHQ + LHQ -> results/table4.md (SCALE=tiny: pipeline test)
+	$(PY) -m uplift.evaluation.superres --scale $(SCALE) --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml $(ARGS)
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,13 +23,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.sampling import ShardedDataModule
+from uplift.imageio import IMAGE_EXTENSIONS, load_rgb, pil_to_tensor
+from uplift.imageio import list_images as _list_images
 
 __all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "ImageDataModule", "ImageFolder", "list_images",
            "collate_images", "load_rgb"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".jfif")
 
 #: Real photos shipped inside the scikit-image wheel (no download), used when no data root is given.
 #: ``stereo_motorcycle`` is a stereo pair and gives two photos.
@@ -41,35 +42,14 @@ EMBEDDED_PHOTOS = (
 
 def list_images(root: str | Path) -> list[Path]:
     """All image files under ``root`` (recursive, sorted), or one clear error."""
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise FileNotFoundError(
-            f"Image folder {root} does not exist. Point `data.root` at a folder of images (any tree, e.g. "
-            f"ImageNet's train/ with class subfolders), or leave it unset to use the bundled demo photos."
-        )
-    if root.is_file():
-        return [root]
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}.")
-    return files
-
-
-def load_rgb(source: Any) -> Image.Image:
-    """Open a path / PIL image / array as an RGB PIL image (grayscale and RGBA are converted)."""
-    if isinstance(source, (str, Path)):
-        with Image.open(source) as img:
-            img.load()
-            return img.convert("RGB")
-    if isinstance(source, np.ndarray):
-        source = Image.fromarray(source)
-    return source.convert("RGB")
+    return _list_images(root, hint="Point `data.root` at a folder of images (any tree, e.g. ImageNet's train/ "
+                                    "with class subfolders), or leave it unset to use the bundled demo photos.")
 
 
 def to_tensor(img: Image.Image, size: Optional[int]) -> Tensor:
     if size is not None and img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    return pil_to_tensor(img)
 
 
 class _LazyColumn:

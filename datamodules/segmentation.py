@@ -24,7 +24,7 @@ silently dropping an image would change the metric without anyone noticing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Optional, Sequence, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch

@@ -52,15 +52,6 @@ def _run_in_tmp(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Toy models: one thread is as fast, and much faster when other processes share the CPU cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_task(**kwargs) -> GenerativeTask:
     torch.manual_seed(0)
     kwargs.setdefault("depths", [1, 2])

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from uplift.backbones import VAEBackbone
     from uplift.model import UPLiFT
 
-__all__ = ["color_correct", "upscale_image"]
+__all__ = ["color_correct", "upscale_image", "upscale_latents"]
 
 
 def color_correct(output: Tensor, reference: Tensor) -> Tensor:
@@ -40,10 +40,17 @@ def upscale_image(image01: Tensor, vae: "VAEBackbone", model: "UPLiFT", steps: i
     The UPLiFT encoder sees the raw [0, 1] image (``raw_image_guide`` models) or the VAE-normalised one.
     Returns ``[B, 3, H * 2^steps, W * 2^steps]`` (colour-corrected, clamped to [0, 1]).
     """
-    latents = vae.encode(image01)
+    return upscale_latents(vae.encode(image01), image01, vae, model, steps, correct_colors)
+
+
+@torch.no_grad()
+def upscale_latents(latents: Tensor, image01: Tensor, vae: "VAEBackbone", model: "UPLiFT", steps: int = 1,
+                    correct_colors: bool = True) -> Tensor:
+    """Unscaled latents and the image they decode to (the guide) -> ``steps`` UPLiFT steps -> decoded,
+    colour-corrected against the image, clamped to [0, 1]. Text-to-image enters here with the
+    diffusion model's latents (divided by the VAE's scaling factor)."""
     guide = image01 if model.config.raw_image_guide else vae.normalize(image01)
-    upsampled = model(guide.to(latents.dtype), latents, steps=steps)
-    decoded = vae.decode(upsampled)
+    decoded = vae.decode(model(guide.to(latents.dtype), latents, steps=steps))
     if correct_colors:
         decoded = color_correct(decoded, image01.to(decoded.dtype))
     return decoded.clamp(0, 1)

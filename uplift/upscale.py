@@ -25,27 +25,23 @@ import torch
 from torch import Tensor
 
 from uplift.hub import WeightsUnavailableError
+from uplift.imageio import list_images, load_rgb, pil_to_tensor
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "load_image", "load_vae", "load_weights", "upscale_files", "main"]
+__all__ = ["find_images", "load_image", "load_vae", "load_weights", "upscale_files", "main"]
 
 log = logging.getLogger(__name__)
 
 PROG = "uplift-upscale"
 DEFAULT_VAE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".jfif")
 
 
 def find_images(path: Union[str, Path]) -> list[tuple[Path, Path]]:
     """``(image file, output PNG path relative to the output folder)`` for a file or a folder (recursive,
     sorted, subfolders kept), or one clear error."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"Input {path} does not exist: give an image file or a folder of images.")
+    files = list_images(path, hint="Give an image file or a folder of images.")
     if path.is_file():
         return [(path, Path(path.stem + ".png"))]
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-    if not files:
-        raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under {path}.")
     pairs, taken = [], set()
     for file in files:
         out = file.relative_to(path).with_suffix(".png")
@@ -59,18 +55,13 @@ def find_images(path: Union[str, Path]) -> list[tuple[Path, Path]]:
 def load_image(path: Union[str, Path], multiple: int = 8) -> Tensor:
     """``[1, 3, H, W]`` in [0, 1]: RGB (grayscale, palette and RGBA converted), centre-cropped so that H
     and W are multiples of ``multiple`` (the VAE's downsampling factor)."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.load()
-        img = img.convert("RGB")
+    img = load_rgb(path)
     w, h = img.size
     if w < multiple or h < multiple:
         raise ValueError(f"{w}x{h} is smaller than {multiple}x{multiple} pixels")
     left, top = (w % multiple) // 2, (h % multiple) // 2
     img = img.crop((left, top, left + w - w % multiple, top + h - h % multiple))
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)[None].float() / 255.0
+    return pil_to_tensor(img)[None]
 
 
 def load_vae(vae: str = DEFAULT_VAE, random_init: bool = False):
