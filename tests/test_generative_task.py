@@ -361,7 +361,7 @@ def test_upscale_bad_inputs_are_one_clear_error(tiny_weights, tmp_path: Path, ca
     vae_dir, uplift_dir = tiny_weights
     assert upscale_main([str(tmp_path / "nope.jpg"), str(tmp_path / "out"), "--weights", str(uplift_dir)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("uplift-upscale: error: Input ") and "nope.jpg does not exist" in err and "Traceback" not in err
+    assert err.startswith("uplift-upscale: error: ") and "nope.jpg does not exist. Give an image file" in err and "Traceback" not in err
 
     source = _photo(tmp_path / "in.png")
     assert upscale_main([str(source), str(tmp_path / "out")]) == 2  # released weights, hub offline

@@ -174,7 +174,12 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="")
+    import socket
+
+    with socket.socket() as probe:  # a port that is free now, rather than Lightning's guess
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     result = subprocess.run(
         [sys.executable, "-m", "uplift", "fit", "--config", str(CONF), "--trainer.strategy", "ddp",
          "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path),
