@@ -190,3 +190,25 @@ def test_schedule_is_cosine_per_epoch_by_default() -> None:
     config = task.configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "epoch" and config["lr_scheduler"]["scheduler"].T_max == 20
     assert config["optimizer"].defaults["weight_decay"] == 1e-5 and config["optimizer"].defaults["lr"] == 5e-4
+
+
+def test_cli_test_needs_a_trained_probe_then_evaluates_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`uplift test --config ...` evaluates the probe the config names, or says which `fit` makes it."""
+    from tests.conftest import REPO
+    from uplift.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(REPO / "tests/conf/probe_cityscapes.yaml"),
+            "--data.init_args.root", str(REPO / "tests/data/cityscapes")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", *args])
+    assert exit_info.value.code == 2
+    assert "No trained probe at runs/tiny_probe_cityscapes/checkpoints/last.ckpt: train it first with `uplift fit`" \
+        in capsys.readouterr().err
+    main(["fit", *args])
+    checkpoint = torch.load(tmp_path / "runs/tiny_probe_cityscapes/checkpoints/last.ckpt", weights_only=True)
+    from uplift.cli import run_cli
+
+    cli = run_cli(["test", *args])  # no --ckpt_path: the config's probe_checkpoint is loaded
+    assert torch.equal(cli.model.probe.weight.cpu(), checkpoint["state_dict"]["probe.weight"])
+    assert {"test/mIoU", "test/acc"} <= set(cli.trainer.callback_metrics)
