@@ -305,3 +305,12 @@ def write_table(stem: Path, title: str, notes: Sequence[str], header: Sequence[s
 
 def results_dir(root: str | Path, tiny: bool) -> Path:
     return Path(root) / "tiny" if tiny else Path(root)
+
+
+def report(md: Path, cells: dict[str, dict[str, Any]], tiny: bool, unit: str) -> None:
+    """Print the written table (between two banners at tiny scale) and what was reused from the cache."""
+    print("\n" + md.read_text())
+    if tiny:
+        print(TINY_BANNER)
+    reused = sum(1 for v in cells.values() if v.get("cached"))
+    print(f"Wrote {md} and {md.with_suffix('.csv')} ({reused} of {len(cells)} {unit} reused from the cache)")

@@ -35,8 +35,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from uplift.evaluation import (
-    REPO, TINY_BANNER, ConfigError, EvalConfig, ImageCrops, Stopwatch, add_config_arguments, cached, cell,
-    device_name, load_config, load_models, resolve_device, results_dir, run_main, sample, write_table,
+    REPO, TINY_BANNER, add_config_arguments, cached, cell, ConfigError, device_name, EvalConfig, ImageCrops,
+    load_config, load_models, report, resolve_device, results_dir, run_main, sample, Stopwatch, write_table,
 )
 from uplift.evaluation.metrics import FIDPair, PairedQuality, fid_features, random_boxes
 
@@ -242,11 +242,7 @@ def _main(argv: Optional[list[str]]) -> int:
         print(TINY_BANNER, flush=True)
         torch.set_num_threads(1)  # toy models: no faster on more threads, much slower when cores are shared
     cells, md = run(configs, results_dir(args.results, tiny), tiny)
-    print("\n" + md.read_text())
-    if tiny:
-        print(TINY_BANNER)
-    reused = sum(1 for v in cells.values() if v.get("cached"))
-    print(f"Wrote {md} and {md.with_suffix('.csv')} ({reused} of {len(cells)} rows reused from the cache)")
+    report(md, cells, tiny, "rows")
     return 0
 
 

@@ -39,8 +39,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from uplift.evaluation import (
-    REPO, TINY_BANNER, ConfigError, EvalConfig, ImageCrops, Stopwatch, add_config_arguments, cached, cell,
-    device_name, fmt, load_config, load_models, resolve_device, results_dir, run_main, sample, write_table,
+    REPO, TINY_BANNER, add_config_arguments, cached, cell, ConfigError, device_name, EvalConfig, fmt,
+    ImageCrops, load_config, load_models, report, resolve_device, results_dir, run_main, sample, Stopwatch,
+    write_table,
 )
 from uplift.evaluation.metrics import FIDPair, clip_score, fid_features, load_clip, to_uint8
 from uplift.generative import upscale_latents
@@ -416,11 +417,7 @@ def _main(argv: Optional[list[str]]) -> int:
         print(TINY_BANNER, flush=True)
         torch.set_num_threads(1)  # toy models: no faster on more threads, much slower when cores are shared
     cells, md = run(config, results_dir(args.results, tiny), tiny)
-    print("\n" + md.read_text())
-    if tiny:
-        print(TINY_BANNER)
-    reused = sum(1 for v in cells.values() if v.get("cached"))
-    print(f"Wrote {md} and {md.with_suffix('.csv')} ({reused} of {len(cells)} step counts reused from the cache)")
+    report(md, cells, tiny, "step counts")
     return 0
 
 
