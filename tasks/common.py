@@ -11,7 +11,7 @@ from torch import Tensor
 
 from uplift.backbones import Backbone, build_backbone
 
-__all__ = ["BackboneConfig", "resize_image", "check_backbone_fits"]
+__all__ = ["BackboneConfig", "check_backbone_fits", "crop_to_multiple", "resize_image"]
 
 
 @dataclass

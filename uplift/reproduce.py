@@ -124,13 +124,9 @@ def run_cell(plan: Plan, row: str, dataset: str) -> dict[str, Any]:
             run_cli(["fit", "--config", config, *common])
         cli = run_cli(["test", "--config", config, *common, f"--ckpt_path={checkpoint}"])
     except Exception as err:
-        cause = _user_error(err) or err
-        chain, seen = err, set()
-        while chain is not None and id(chain) not in seen:
-            seen.add(id(chain))
-            if isinstance(chain, UpsamplerUnavailableError):
-                return {"status": "unavailable", "reason": str(chain).splitlines()[0]}
-            chain = chain.__cause__ or chain.__context__
+        cause = _user_error(err) or err  # our own errors come first in that search
+        if isinstance(cause, UpsamplerUnavailableError):
+            return {"status": "unavailable", "reason": str(cause).splitlines()[0]}
         raise RuntimeError(f"{row} x {dataset} failed: {cause}") from err
     metrics = cli.trainer.callback_metrics
     missing = [k for k in keys if k not in metrics]
