@@ -23,19 +23,19 @@ test: install  ## run the whole test suite (offline, CPU, ~minutes)
 	$(PY) -m pytest
 
 demo: install  ## train for a few minutes on bundled photos, print UPLiFT vs bilinear, write a PCA picture
-	$(PY) -m uplift.demo $(ARGS)
+	$(PY) -m tasks.demo $(ARGS)
 
 reproduce-table1: install  ## Table 1: every upsampler x every probe -> results/table1.md (SCALE=tiny: pipeline test)
-	$(PY) -m uplift.reproduce --scale $(SCALE) $(ARGS)
+	$(PY) -m tasks.tables.table1 --scale $(SCALE) $(ARGS)
 
 reproduce-table2: install  ## Table 2: SD1.5 512 -> UPLiFT 1024 on COCO-5k captions -> results/table2.md (SCALE=tiny: pipeline test)
-	$(PY) -m uplift.evaluation.text2image --scale $(SCALE) --config configs/t2i_coco.yaml $(ARGS)
+	$(PY) -m tasks.evaluation.text2image --scale $(SCALE) --config configs/t2i_coco.yaml $(ARGS)
 
 reproduce-table3: install  ## Table 3: SD1.5 512 -> UPLiFT 1024 on reLAION-5k prompts -> results/table3.md (SCALE=tiny: pipeline test)
-	$(PY) -m uplift.evaluation.text2image --scale $(SCALE) --config configs/t2i_relaion.yaml $(ARGS)
+	$(PY) -m tasks.evaluation.text2image --scale $(SCALE) --config configs/t2i_relaion.yaml $(ARGS)
 
 reproduce-table4: install  ## Table 4: 256 -> 1024 super-resolution, FacesHQ + LHQ -> results/table4.md (SCALE=tiny: pipeline test)
-	$(PY) -m uplift.evaluation.superres --scale $(SCALE) --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml $(ARGS)
+	$(PY) -m tasks.evaluation.superres --scale $(SCALE) --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml $(ARGS)
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py

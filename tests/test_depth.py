@@ -28,7 +28,7 @@ from datamodules.depth import (
 from tasks import BackboneConfig
 from tasks.depth import DepthDelta1, DepthProbeTask, DepthRMSE, depth_loss, gradient_loss, silog_loss
 from tests.conftest import REPO
-from uplift.cli import _user_error, main, run_cli
+from tasks.cli import _user_error, main, run_cli
 from uplift.hub import WeightsUnavailableError
 from uplift.upsamplers import Bilinear
 

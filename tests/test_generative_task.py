@@ -24,7 +24,7 @@ from tasks import BackboneConfig, GenerativeTask
 from tests.conftest import REPO
 from tests.helpers import tiny_vae_config
 from uplift import UPLiFT, UPLiFTConfig
-from uplift.cli import main
+from tasks.cli import main
 from uplift.generative import color_correct
 from uplift.upscale import main as upscale_main
 

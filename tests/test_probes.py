@@ -195,7 +195,7 @@ def test_schedule_is_cosine_per_epoch_by_default() -> None:
 def test_cli_test_needs_a_trained_probe_then_evaluates_it(tmp_path: Path, monkeypatch, capsys) -> None:
     """`uplift test --config ...` evaluates the probe the config names, or says which `fit` makes it."""
     from tests.conftest import REPO
-    from uplift.cli import main
+    from tasks.cli import main
 
     monkeypatch.chdir(tmp_path)
     args = ["--config", str(REPO / "tests/conf/probe_cityscapes.yaml"),
@@ -207,7 +207,7 @@ def test_cli_test_needs_a_trained_probe_then_evaluates_it(tmp_path: Path, monkey
         in capsys.readouterr().err
     main(["fit", *args])
     checkpoint = torch.load(tmp_path / "runs/tiny_probe_cityscapes/checkpoints/last.ckpt", weights_only=True)
-    from uplift.cli import run_cli
+    from tasks.cli import run_cli
 
     cli = run_cli(["test", *args])  # no --ckpt_path: the config's probe_checkpoint is loaded
     assert torch.equal(cli.model.probe.weight.cpu(), checkpoint["state_dict"]["probe.weight"])

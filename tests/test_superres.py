@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from uplift.evaluation import ConfigError, center_crop, load_models
-from uplift.evaluation import superres
-from uplift.evaluation.metrics import FIDPair, FIDUnavailableError, PairedQuality, TinyFeatures, fid_features
+from tasks.evaluation import ConfigError, center_crop, load_models
+from tasks.evaluation import superres
+from tasks.evaluation.metrics import FIDPair, FIDUnavailableError, PairedQuality, TinyFeatures, fid_features
 from uplift.generative import upscale_image
 
 CONFIGS = [REPO / "configs" / "sr_faceshq.yaml", REPO / "configs" / "sr_lhq.yaml"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import uplift.reproduce as reproduce
+import tasks.tables.table1 as reproduce
 
 
 @pytest.mark.slow

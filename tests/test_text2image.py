@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from tests.conftest import REPO
-from uplift.evaluation import ConfigError, load_config, load_models
-from uplift.evaluation import text2image as t2i
-from uplift.evaluation.metrics import clip_score, fid_features, load_clip, to_uint8
+from tasks.evaluation import ConfigError, load_config, load_models
+from tasks.evaluation import text2image as t2i
+from tasks.evaluation.metrics import clip_score, fid_features, load_clip, to_uint8
 
 COCO = REPO / "configs" / "t2i_coco.yaml"
 RELAION = REPO / "configs" / "t2i_relaion.yaml"

@@ -19,7 +19,7 @@ from datamodules.images import list_images
 from tasks import BackboneConfig, PredictiveTask
 from tests.conftest import REPO
 from tests.helpers import tiny_config
-from uplift.cli import main
+from tasks.cli import main
 
 CONF = REPO / "tests" / "conf" / "predictive.yaml"
 IMAGENET = REPO / "tests" / "data" / "imagenet"
@@ -98,7 +98,7 @@ def test_saved_config_reproduces_the_run(tmp_path: Path) -> None:
 
 
 def test_cli_version_and_module_entry() -> None:
-    result = subprocess.run([sys.executable, "-m", "uplift", "--version"], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-m", "tasks", "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.strip().startswith("uplift 0.")
 
 
@@ -113,7 +113,7 @@ def test_feature_width_mismatch_is_one_clear_error_before_training(capsys) -> No
 
 
 def test_demo_runs_offline_and_says_so(tmp_path: Path, capsys) -> None:
-    from uplift.demo import main as demo
+    from tasks.demo import main as demo
 
     assert demo(["--config", str(CONF), "--out", str(tmp_path / "pca.png"), "--trainer.max_steps=2",
                  "--trainer.default_root_dir", str(tmp_path)]) == 0
@@ -181,7 +181,7 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     result = subprocess.run(
-        [sys.executable, "-m", "uplift", "fit", "--config", str(CONF), "--trainer.strategy", "ddp",
+        [sys.executable, "-m", "tasks", "fit", "--config", str(CONF), "--trainer.strategy", "ddp",
          "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path),
          "--data.root", str(IMAGENET / "train"), "--data.val_root", str(IMAGENET / "val")],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from uplift.cli import run_cli
+    from tasks.cli import run_cli
 
     backbone = yaml.safe_load(Path(args.config).read_text())["model"]["init_args"]["backbone"]["name"]
     if not hub_reachable():

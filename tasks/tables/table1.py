@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 #: The paper's Table 1 (DINOv2-S/14, 448x448; time on an A5000): row -> (params M, ms, cells)
 PAPER: dict[str, dict[str, Any]] = {
@@ -109,7 +109,7 @@ def _tiny_data_args(dataset: str, run_dir: Path) -> list[str]:
 
 def run_cell(plan: Plan, row: str, dataset: str) -> dict[str, Any]:
     """Fit then test one probe; returns the metrics, or why the row is unavailable."""
-    from uplift.cli import _user_error, run_cli
+    from tasks.cli import _user_error, run_cli
     from uplift.upsamplers import UpsamplerUnavailableError
 
     _, keys, full, tiny = DATASETS[dataset]
@@ -248,7 +248,7 @@ def write_table(plan: Plan, cells: dict[tuple[str, str], dict], timings: dict[st
 
 def train_tiny_uplift(plan: Plan) -> str:
     """SCALE=tiny has no released UPLiFT for its 32-channel toy backbone: train one for a few steps."""
-    from uplift.cli import run_cli
+    from tasks.cli import run_cli
 
     target = plan.cells_dir / "tiny_uplift" / "checkpoints" / "last.ckpt"
     if not target.is_file():

@@ -17,8 +17,8 @@ batches; diffusion, 512 decode and upsampling (UPLiFT + 1024 decode + colour cor
 separately. Each step count's results are cached under ``<results>/table{2,3}/``; tables go to
 ``<results>/table2.md`` (COCO) / ``table3.md`` (reLAION) and ``.csv`` beside the paper's numbers.
 
-    python -m uplift.evaluation.text2image --config configs/t2i_coco.yaml
-    python -m uplift.evaluation.text2image --config configs/t2i_relaion.yaml --scale tiny     # pipeline test
+    python -m tasks.evaluation.text2image --config configs/t2i_coco.yaml
+    python -m tasks.evaluation.text2image --config configs/t2i_relaion.yaml --scale tiny     # pipeline test
 
 ``--scale tiny`` uses ``tests/data/coco_captions/`` and tiny random diffusers components (UNet, VAE, CLIP
 text encoder with a real byte-level CLIP tokenizer built in memory), a tiny random UPLiFT, FID feature net
@@ -38,12 +38,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from uplift.evaluation import (
+from tasks.evaluation import (
     REPO, TINY_BANNER, add_config_arguments, cached, cell, ConfigError, device_name, EvalConfig, fmt,
     ImageCrops, load_config, load_models, report, resolve_device, results_dir, run_main, sample, Stopwatch,
     write_table,
 )
-from uplift.evaluation.metrics import FIDPair, clip_score, fid_features, load_clip, to_uint8
+from tasks.evaluation.metrics import FIDPair, clip_score, fid_features, load_clip, to_uint8
 from uplift.generative import upscale_latents
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -400,7 +400,7 @@ def run(config: T2IConfig, results: Path, tiny: bool) -> tuple[dict[int, dict], 
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return run_main(lambda: _main(argv), "uplift.evaluation.text2image")
+    return run_main(lambda: _main(argv), "tasks.evaluation.text2image")
 
 
 def _main(argv: Optional[list[str]]) -> int:

@@ -14,8 +14,8 @@ Every output is compared with its 1024 original: SSIM, PSNR (per-image means), F
 under ``<results>/table4/`` (re-running skips it); results go to ``<results>/table4.md`` and ``.csv``
 beside the paper's numbers.
 
-    python -m uplift.evaluation.superres --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml
-    python -m uplift.evaluation.superres --scale tiny --config configs/sr_faceshq.yaml   # pipeline test
+    python -m tasks.evaluation.superres --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml
+    python -m tasks.evaluation.superres --scale tiny --config configs/sr_faceshq.yaml   # pipeline test
 
 ``--scale tiny`` runs on the generated folders in ``tests/data/<name>/`` with every size divided by 16
 (64 crop -> 16 -> 64), a tiny random VAE and UPLiFT and a tiny random FID feature net: MEANINGLESS numbers.
@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from uplift.evaluation import (
+from tasks.evaluation import (
     REPO, TINY_BANNER, add_config_arguments, cached, cell, ConfigError, device_name, EvalConfig, ImageCrops,
     load_config, load_models, report, resolve_device, results_dir, run_main, sample, Stopwatch, write_table,
 )
-from uplift.evaluation.metrics import FIDPair, PairedQuality, fid_features, random_boxes
+from tasks.evaluation.metrics import FIDPair, PairedQuality, fid_features, random_boxes
 
 ROWS = {"bilinear": "Bilinear", "nearest": "Nearest", "uplift": "UPLiFT"}
 DATASET_TITLES = {"faceshq": "FacesHQ", "lhq": "LHQ"}
@@ -224,7 +224,7 @@ def run(configs: list[SRConfig], results: Path, tiny: bool) -> tuple[dict[tuple[
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return run_main(lambda: _main(argv), "uplift.evaluation.superres")
+    return run_main(lambda: _main(argv), "tasks.evaluation.superres")
 
 
 def _main(argv: Optional[list[str]]) -> int:

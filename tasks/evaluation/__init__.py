@@ -1,10 +1,10 @@
 """Generative evaluations of the VAE UPLiFT (paper section 5, appendix B.2).
 
-- :mod:`uplift.evaluation.superres`: 256 -> 1024 image super-resolution through SD1.5 VAE latents on
+- :mod:`tasks.evaluation.superres`: 256 -> 1024 image super-resolution through SD1.5 VAE latents on
   FacesHQ and LHQ (Table 4; ``make reproduce-table4``).
-- :mod:`uplift.evaluation.text2image`: Stable Diffusion 1.5 latents for 512x512 upscaled by UPLiFT to
+- :mod:`tasks.evaluation.text2image`: Stable Diffusion 1.5 latents for 512x512 upscaled by UPLiFT to
   1024x1024 on COCO-2014 captions and reLAION prompts (Tables 2 and 3; ``make reproduce-table2/3``).
-- :mod:`uplift.evaluation.metrics`: FID / patch-FID, PSNR / SSIM and CLIP score (torchmetrics).
+- :mod:`tasks.evaluation.metrics`: FID / patch-FID, PSNR / SSIM and CLIP score (torchmetrics).
 
 This module holds what both drivers share: the config dataclass and its YAML + command-line reading,
 the device, the per-row result cache, the markdown/CSV tables, the tiny random models of ``--scale tiny``
@@ -118,7 +118,7 @@ def run_main(main: Callable[[], int], prog: str) -> int:
     """Run a driver; errors meant for the user (missing weights, data or options) end in one line
     ``<prog>: error: ...`` and exit status 2 (``UPLIFT_TRACEBACK=1`` shows the traceback instead)."""
     from uplift.checkpoints import CheckpointMismatchError
-    from uplift.evaluation.metrics import CLIPUnavailableError, FIDUnavailableError
+    from tasks.evaluation.metrics import CLIPUnavailableError, FIDUnavailableError
     from uplift.hub import WeightsUnavailableError
 
     try:

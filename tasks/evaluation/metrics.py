@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from uplift.evaluation import ConfigError
+from tasks.evaluation import ConfigError
 
 __all__ = ["FIDUnavailableError", "CLIPUnavailableError", "InceptionFeatures", "TinyFeatures", "fid_features",
            "FIDPair", "PairedQuality", "random_boxes", "crop", "load_clip", "clip_score", "to_uint8"]

@@ -1,0 +1,1 @@
+"""Drivers that reproduce the paper's tables (``make reproduce-tableN``), one module per table."""

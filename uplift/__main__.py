@@ -1,5 +1,0 @@
-"""``python -m uplift`` is the ``uplift`` command."""
-
-from uplift.cli import main
-
-main()
