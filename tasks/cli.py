@@ -9,12 +9,42 @@ Lightning is imported here, not in ``uplift/__init__``: the core stays importabl
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["main", "run_cli"]
+__all__ = ["FINISHED", "main", "read_finished", "run_cli", "user_error", "without_ckpt_path"]
+
+#: Written into ``trainer.default_root_dir`` by a fit that ran to its end, with the arguments that produced it:
+#: what tells a finished run from an interrupted one (whose ``last.ckpt`` exists too).
+FINISHED = "finished.json"
+
+
+def without_ckpt_path(argv: list[str]) -> list[str]:
+    """``argv`` without ``--ckpt_path X`` / ``--ckpt_path=X``: resuming does not change what a run computes."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            out.append(arg)
+    return out
+
+
+def read_finished(run_dir: str | Path) -> Optional[dict[str, Any]]:
+    """The marker of a finished fit in ``run_dir`` (``{"args": [...], "global_step": n}``), or None."""
+    path = Path(run_dir) / FINISHED
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
 
 
 def _cli_class() -> type:
@@ -29,15 +59,29 @@ def _cli_class() -> type:
         with a sampler that also makes mid-epoch ``--ckpt_path`` resumption exact.
         """
 
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            given = kwargs.get("args")
+            self.argv = [str(a) for a in (sys.argv[1:] if given is None else given)]
+            super().__init__(*args, **kwargs)
+
         def init_parser(self, **kwargs: Any):
             parser = super().init_parser(**kwargs)
             parser.add_argument("--version", action="version", version=f"uplift {uplift.__version__}")
             return parser
 
+        def after_fit(self) -> None:
+            """Mark the run finished (only reached when ``fit`` returned normally: an interrupted fit exits)."""
+            trainer = self.trainer
+            if trainer.is_global_zero and not trainer.interrupted:
+                marker = Path(trainer.default_root_dir) / FINISHED
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                args = without_ckpt_path(self.argv)
+                marker.write_text(json.dumps({"args": args, "global_step": trainer.global_step}, indent=2) + "\n")
+
     return UPLiFTCLI
 
 
-def _user_error(err: BaseException) -> Optional[BaseException]:
+def user_error(err: BaseException) -> Optional[BaseException]:
     """The error meant for the user (bad input, missing data or weights) in ``err``'s chain.
 
     jsonargparse wraps errors raised while building the configured classes in a long "does not
@@ -66,7 +110,7 @@ def main(args: Optional[list[str]] = None) -> None:
     try:
         run_cli(args)
     except Exception as err:
-        user = _user_error(err)
+        user = user_error(err)
         if user is None or os.environ.get("UPLIFT_TRACEBACK"):
             raise
         print(f"uplift: error: {user}", file=sys.stderr)

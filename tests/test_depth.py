@@ -28,7 +28,7 @@ from datamodules.depth import (
 from tasks import BackboneConfig
 from tasks.depth import DepthDelta1, DepthProbeTask, DepthRMSE, depth_loss, gradient_loss, silog_loss
 from tests.conftest import REPO
-from tasks.cli import _user_error, main, run_cli
+from tasks.cli import user_error, main, run_cli
 from uplift.hub import WeightsUnavailableError
 from uplift.upsamplers import Bilinear
 
@@ -315,7 +315,7 @@ def test_cache_of_another_size_is_refused_and_missing_targets_are_named(tmp_path
 def test_depth_model_unavailable_names_the_ways_out(tmp_path: Path) -> None:
     with pytest.raises(WeightsUnavailableError, match=r"data.depth_model: DIR(.|\n)*data.cache_dir") as info:
         build_depth_model("depth-anything/Depth-Anything-V2-Small-hf")  # the hub is offline in the tests
-    assert _user_error(info.value) is info.value, "the CLI must show this message, not an inner cause"
+    assert user_error(info.value) is info.value, "the CLI must show this message, not an inner cause"
     folder = tmp_path / "Depth-Anything-V2-Small-hf"
     with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
         build_depth_model(str(folder))

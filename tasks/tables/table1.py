@@ -15,16 +15,13 @@ pipeline, and its numbers are meaningless.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-REPO = Path(__file__).resolve().parents[2]
+from tasks.tables import (REPO, TINY_BANNER, ResultsCache, RowUnavailable, args_key, cell, fit_once, report,
+                          results_dir, test_metrics, write_table)
 
 #: The paper's Table 1 (DINOv2-S/14, 448x448; time on an A5000): row -> (params M, ms, cells)
 PAPER: dict[str, dict[str, Any]] = {
@@ -61,9 +58,6 @@ DATASETS = {  # name -> (column title, metric keys, full config, tiny config)
     "cityscapes": ("Cityscapes", ("test/mIoU", "test/acc"), "configs/probe_cityscapes.yaml", "tests/conf/probe_cityscapes.yaml"),
     "depth": ("COCO depth", ("test/delta1", "test/rmse"), "configs/depth_coco.yaml", "tests/conf/depth.yaml"),
 }
-TINY_BANNER = ("!" * 100 + "\nSCALE=tiny: generated tiny datasets, a tiny RANDOM backbone and a few steps. This tests the "
-               "pipeline end to end; the numbers below are MEANINGLESS.\n" + "!" * 100)
-
 
 @dataclass
 class Plan:
@@ -78,13 +72,14 @@ class Plan:
     def cells_dir(self) -> Path:
         return self.results / "table1"
 
-    def cell_key(self, row: str) -> str:
-        """Cached cells are named after what produced them: another UPLiFT checkpoint, another cell."""
-        if row == "uplift" and self.uplift_weights:
-            import hashlib
+    @property
+    def cache(self) -> ResultsCache:
+        return ResultsCache(self.cells_dir)
 
-            return f"uplift-{hashlib.sha1(self.uplift_weights.encode()).hexdigest()[:8]}"
-        return row
+    def weights_stamp(self) -> Optional[list]:
+        """Size and time of an UPLiFT weights file, so retrained weights at the same path are new cells."""
+        path = Path(self.uplift_weights) if self.uplift_weights else None
+        return [path.stat().st_size, path.stat().st_mtime_ns] if path is not None and path.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------ cells
@@ -100,44 +95,45 @@ def _row_args(plan: Plan, row: str) -> list[str]:
     return args
 
 
-def _tiny_data_args(dataset: str, run_dir: Path) -> list[str]:
+def _tiny_data_args(dataset: str, plan: Plan) -> list[str]:
     args = [f"--data.init_args.root={REPO / TINY_ROOTS[dataset]}"]
     if dataset == "depth":  # keep the (tiny, random) pseudo-depth cache out of tests/data
-        args.append(f"--data.init_args.cache_dir={run_dir / 'depth_cache'}")
+        args.append(f"--data.init_args.cache_dir={plan.cells_dir / 'depth_cache'}")
     return args
 
 
-def run_cell(plan: Plan, row: str, dataset: str) -> dict[str, Any]:
-    """Fit then test one probe; returns the metrics, or why the row is unavailable."""
-    from tasks.cli import _user_error, run_cli
-    from uplift.upsamplers import UpsamplerUnavailableError
-
-    _, keys, full, tiny = DATASETS[dataset]
+def cell_args(plan: Plan, row: str, dataset: str) -> tuple[str, list[str]]:
+    """The probe config of ``dataset`` and the overrides that select ``row`` (and the tiny data)."""
+    _, _, full, tiny = DATASETS[dataset]
     config = str(REPO / (tiny if plan.scale == "tiny" else full))
-    run_dir = plan.cells_dir / f"{plan.cell_key(row)}__{dataset}"
+    return config, [*_row_args(plan, row), *(_tiny_data_args(dataset, plan) if plan.scale == "tiny" else []), *plan.extra]
+
+
+def run_cell(plan: Plan, row: str, dataset: str) -> dict[str, Any]:
+    """Fit (once) then test one probe; returns the metrics, or raises :class:`RowUnavailable`."""
+    config, args = cell_args(plan, row, dataset)
+    run_dir = plan.cells_dir / f"{row}__{dataset}-{args_key(config, args)}"
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    common = [*_row_args(plan, row), f"--trainer.default_root_dir={run_dir}",
-              f"--trainer.callbacks.dirpath={checkpoint.parent}", f"--model.init_args.probe_checkpoint={checkpoint}",
-              *(_tiny_data_args(dataset, run_dir) if plan.scale == "tiny" else []), *plan.extra]
+    probe = [f"--model.init_args.probe_checkpoint={checkpoint}"]
     try:
-        if not checkpoint.is_file():  # an interrupted fit restarts; a finished one is reused
-            run_cli(["fit", "--config", config, *common])
-        cli = run_cli(["test", "--config", config, *common, f"--ckpt_path={checkpoint}"])
+        fit_once(config, [*args, *probe], run_dir)
     except Exception as err:
-        cause = _user_error(err) or err  # our own errors come first in that search
+        from tasks.cli import user_error
+        from uplift.upsamplers import UpsamplerUnavailableError
+
+        cause = user_error(err)
         if isinstance(cause, UpsamplerUnavailableError):
-            return {"status": "unavailable", "reason": str(cause).splitlines()[0]}
-        raise RuntimeError(f"{row} x {dataset} failed: {cause}") from err
-    metrics = cli.trainer.callback_metrics
-    missing = [k for k in keys if k not in metrics]
-    if missing:
-        raise RuntimeError(f"{row} x {dataset}: the test run logged no {missing}")
-    return {"status": "done", "metrics": {k: float(metrics[k]) for k in keys}}
+            raise RowUnavailable(str(cause).splitlines()[0]) from err
+        raise
+    test = [*args, *probe, f"--trainer.default_root_dir={run_dir / 'test'}", f"--ckpt_path={checkpoint}"]
+    return {"status": "done", "metrics": test_metrics(config, test, DATASETS[dataset][1])}
 
 
-def time_row(plan: Plan, row: str, repeats: int = 20, warmup: int = 5) -> dict[str, Any]:
-    """Parameters and median upsampling time for one 448x448 image (batch 1) on the available device."""
+def time_row(plan: Plan, row: str) -> dict[str, Any]:
+    """Parameters and median upsampling time of one 448x448 image (batch 1) on the available device
+    (``torch.utils.benchmark``: warm-up, then as many runs as fit in a second, synchronised on CUDA)."""
     import torch
+    from torch.utils.benchmark import Timer
 
     from tasks.common import BackboneConfig
     from uplift import upsamplers
@@ -150,7 +146,7 @@ def time_row(plan: Plan, row: str, repeats: int = 20, warmup: int = 5) -> dict[s
     try:
         upsampler = getattr(upsamplers, class_path.rsplit(".", 1)[1])(**init)
     except UpsamplerUnavailableError as err:
-        return {"status": "unavailable", "reason": str(err).splitlines()[0]}
+        raise RowUnavailable(str(err).splitlines()[0]) from err
     side = 56 if plan.scale == "tiny" else 448
     backbone = (BackboneConfig(pretrained=False, model_kwargs=dict(embed_dim=32, depth=2, num_heads=2, img_size=56))
                 if plan.scale == "tiny" else BackboneConfig(pretrained=False))  # timing needs no trained weights
@@ -159,103 +155,58 @@ def time_row(plan: Plan, row: str, repeats: int = 20, warmup: int = 5) -> dict[s
     upsampler = upsampler.to(device).eval()
     image = torch.rand(1, 3, side, side, device=device)
     with torch.no_grad():
-        low = model(image)
-        normalised = model.normalize(image)
-        times = []
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
+        low, normalised = model(image), model.normalize(image)
+        for _ in range(3):  # warm-up (allocator, cuDNN autotuning)
             upsampler(normalised, low, (side, side))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return {"status": "done", "params": upsampler.num_parameters(), "ms": statistics.median(times),
+        timer = Timer("upsampler(image, low, size)", globals={"upsampler": upsampler, "image": normalised, "low": low,
+                                                              "size": (side, side)})
+        measurement = timer.blocked_autorange(min_run_time=0.2 if plan.scale == "tiny" else 2.0)
+    return {"status": "done", "params": upsampler.num_parameters(), "ms": measurement.median * 1000,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "side": side}
-
-
-def cached(path: Path, compute) -> dict[str, Any]:
-    """Run ``compute`` unless ``path`` holds its result from an earlier (interrupted) run. Only finished
-    results are kept: an unavailable row is tried again next time (its code may be there by then)."""
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    if result.get("status") == "done":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-    return result
 
 
 # ------------------------------------------------------------------------------------------ table
 
 
-def _fmt(value: Optional[float], scale: float = 100.0, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value * scale:.{digits}f}"
-
-
-def write_table(plan: Plan, cells: dict[tuple[str, str], dict], timings: dict[str, dict]) -> tuple[Path, Path]:
-    head = ["Method", "Params (M)", "Time (ms)"]
+def write_results(plan: Plan, cells: dict[tuple[str, str], dict], timings: dict[str, dict]) -> tuple[Path, Path]:
+    header = ["Method", "Params (M)", "Time (ms)"]
     for ds in plan.datasets:
-        title, keys, _, _ = DATASETS[ds]
-        head += [f"{title} {'δ1' if ds == 'depth' else 'mIoU'}", f"{title} {'RMSE' if ds == 'depth' else 'Acc'}"]
-    lines = ["# Table 1, reproduced" + (" (SCALE=tiny: MEANINGLESS numbers, pipeline test only)" if plan.scale == "tiny" else ""),
-             "", "Each cell: ours (paper). Time: median per image on "
-             + ", ".join(sorted({t.get('device', '?') for t in timings.values() if t.get('status') == 'done'}) or ["-"])
-             + "; the paper's is on an A5000.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    rows_csv = []
+        title = DATASETS[ds][0]
+        header += [f"{title} {'δ1' if ds == 'depth' else 'mIoU'}", f"{title} {'RMSE' if ds == 'depth' else 'Acc'}"]
+    rows, records = [], []
     for row in plan.rows:
-        label = ROWS[row][0]
-        paper = PAPER.get(row, {})
-        timing = timings.get(row, {})
+        label, paper, timing = ROWS[row][0], PAPER.get(row, {}), timings.get(row, {})
         params = timing.get("params")
-        cells_md = [label,
-                    f"{'-' if not params else f'{params / 1e6:.2f}'} ({paper.get('params') or '-'})",
-                    f"{_fmt(timing.get('ms'), 1, 1)} ({paper.get('ms', '-')})"]
+        line = [label, cell(params and params / 1e6, paper.get("params")), cell(timing.get("ms"), paper.get("ms"), 1)]
+        records += [{"method": label, "dataset": "-", "metric": metric, "ours": timing.get(key, ""),
+                     "paper": paper.get(key) or "", "status": timing.get("status", ""), "reason": timing.get("reason", "")}
+                    for metric, key in (("params", "params"), ("time_ms", "ms"))]
         for ds in plan.datasets:
-            cell = cells.get((row, ds), {})
-            keys = DATASETS[ds][1]
-            ours = cell.get("metrics", {})
-            paper_vals = paper.get(ds, (None, None))
-            for key, ref in zip(keys, paper_vals):
-                scale = 1.0 if key.endswith("rmse") else 100.0
-                value = _fmt(ours.get(key), scale) if cell.get("status") == "done" else "n/a"
-                cells_md.append(f"{value} ({ref if ref is not None else '-'})")
-                rows_csv.append({"method": label, "dataset": ds, "metric": key.split("/")[1],
-                                 "ours": ours.get(key, ""), "paper": ref if ref is not None else "",
-                                 "status": cell.get("status", "missing"), "reason": cell.get("reason", "")})
-        rows_csv.append({"method": label, "dataset": "-", "metric": "params", "ours": params or "",
-                         "paper": paper.get("params") or "", "status": timing.get("status", ""), "reason": timing.get("reason", "")})
-        rows_csv.append({"method": label, "dataset": "-", "metric": "time_ms", "ours": timing.get("ms", ""),
-                         "paper": paper.get("ms", ""), "status": timing.get("status", ""), "reason": timing.get("reason", "")})
-        lines.append("| " + " | ".join(cells_md) + " |")
-    unavailable = {row: c.get("reason") for (row, _), c in cells.items() if c.get("status") == "unavailable"}
+            result = cells.get((row, ds), {})
+            ours = result.get("metrics", {}) if result.get("status") == "done" else {}
+            for key, ref in zip(DATASETS[ds][1], paper.get(ds, (None, None))):
+                line.append(cell(ours.get(key), ref, scale=1.0 if key.endswith("rmse") else 100.0))
+                records.append({"method": label, "dataset": ds, "metric": key.split("/")[1], "ours": ours.get(key, ""),
+                                "paper": "" if ref is None else ref, "status": result.get("status", "missing"),
+                                "reason": result.get("reason", "")})
+        rows.append(line)
+    devices = sorted({t["device"] for t in timings.values() if t.get("status") == "done"}) or ["-"]
+    notes = [f"Each cell: ours (paper); '-': not measured. Time: median per {'56' if plan.scale == 'tiny' else '448'} px "
+             f"image on {', '.join(devices)}; the paper's is on an A5000."]
+    unavailable = sorted({c["reason"] for c in cells.values() if c.get("status") == "unavailable"})
     if unavailable:
-        lines += ["", "Unavailable rows (their code or weights could not be loaded here):"]
-        lines += [f"- {reason}" for reason in unavailable.values()]
-    lines += ["", "LiFT and LiFT-2x have no official DINOv2-S/14 weights (the paper trained its own) and are not rows here."]
-    md, csv_path = plan.results / "table1.md", plan.results / "table1.csv"
-    md.write_text("\n".join(lines) + "\n")
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["method", "dataset", "metric", "ours", "paper", "status", "reason"])
-        writer.writeheader()
-        writer.writerows(rows_csv)
-    return md, csv_path
+        notes += ["", "Unavailable rows (their code or weights could not be loaded here):", *[f"- {r}" for r in unavailable]]
+    return write_table(plan.results / "table1", "Table 1, reproduced", notes, header, rows, records, plan.scale == "tiny")
 
 
 # ------------------------------------------------------------------------------------------ main
 
 
 def train_tiny_uplift(plan: Plan) -> str:
-    """SCALE=tiny has no released UPLiFT for its 32-channel toy backbone: train one for a few steps."""
-    from tasks.cli import run_cli
-
-    target = plan.cells_dir / "tiny_uplift" / "checkpoints" / "last.ckpt"
-    if not target.is_file():
-        run_cli(["fit", "--config", str(REPO / "tests/conf/predictive.yaml"), "--trainer.max_steps=10",
-                 f"--trainer.default_root_dir={target.parent.parent}", "--trainer.enable_checkpointing=true",
-                 "--trainer.callbacks+=tasks.callbacks.RunCheckpoint", f"--trainer.callbacks.dirpath={target.parent}"])
-    return str(target)
+    """SCALE=tiny has no released UPLiFT for its 32-channel toy backbone: train one for a few steps (once)."""
+    args = ["--trainer.max_steps=10", "--trainer.enable_checkpointing=true",
+            "--trainer.callbacks+=tasks.callbacks.RunCheckpoint"]
+    return str(fit_once(REPO / "tests/conf/predictive.yaml", args, plan.cells_dir / "tiny_uplift"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -267,32 +218,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--uplift-weights", default=None, help="UPLiFT row: release name, save_pretrained dir or .ckpt "
                         "(default: the released dinov2-s14)")
     args, extra = parser.parse_known_args(argv)  # the rest goes to every `uplift fit/test`, e.g. --data.init_args.root
-    plan = Plan(args.scale, Path(args.results) / ("tiny" if args.scale == "tiny" else ""), args.rows, args.datasets,
-                args.uplift_weights, extra)
+    tiny = args.scale == "tiny"
+    plan = Plan(args.scale, results_dir(args.results, tiny), args.rows, args.datasets, args.uplift_weights, extra)
 
     from tqdm import tqdm
 
-    if plan.scale == "tiny":
+    if tiny:
         print(TINY_BANNER, flush=True)
         if "uplift" in plan.rows and not plan.uplift_weights:
             plan.uplift_weights = train_tiny_uplift(plan)
     cells: dict[tuple[str, str], dict] = {}
     timings: dict[str, dict] = {}
-    jobs = [(row, ds) for row in plan.rows for ds in plan.datasets]
-    bar = tqdm(jobs, desc="Table 1", unit="cell", file=sys.stdout)
+    bar = tqdm([(row, ds) for row in plan.rows for ds in plan.datasets], desc="Table 1", unit="cell", file=sys.stdout)
     for row, ds in bar:
         bar.set_description(f"Table 1: {ROWS[row][0]} x {DATASETS[ds][0]}")
         if row not in timings:
-            timings[row] = cached(plan.cells_dir / f"{plan.cell_key(row)}__timing.json", lambda: time_row(plan, row))
+            key = args_key(_row_args(plan, row), plan.scale, plan.weights_stamp())
+            timings[row] = plan.cache(f"{row}__timing", key, lambda: time_row(plan, row))
         if timings[row].get("status") == "unavailable":  # no code/weights: skip its fits too
             cells[(row, ds)] = timings[row]
             continue
-        cells[(row, ds)] = cached(plan.cells_dir / f"{plan.cell_key(row)}__{ds}.json", lambda: run_cell(plan, row, ds))
-    md, csv_path = write_table(plan, cells, timings)
-    print("\n" + md.read_text())
-    if plan.scale == "tiny":
-        print(TINY_BANNER)
-    print(f"Wrote {md} and {csv_path}")
+        config, cell_argv = cell_args(plan, row, ds)
+        cells[(row, ds)] = plan.cache(f"{row}__{ds}", args_key(config, cell_argv, plan.weights_stamp()), lambda: run_cell(plan, row, ds))
+    md, _ = write_results(plan, cells, timings)
+    report(md, cells, tiny)
     return 0
 
 
