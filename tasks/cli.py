@@ -88,11 +88,9 @@ def user_error(err: BaseException) -> Optional[BaseException]:
     validate against any of the Union subtypes" message; the user needs only the original one. Our
     own errors (which already say what to do) win over the library errors they wrap.
     """
-    from uplift.checkpoints import CheckpointMismatchError
-    from uplift.hub import WeightsUnavailableError
-    from uplift.upsamplers import UpsamplerUnavailableError
+    from uplift.errors import UPLiFTError
 
-    ours = (WeightsUnavailableError, UpsamplerUnavailableError, CheckpointMismatchError)
+    ours = UPLiFTError
     found, seen = None, set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

@@ -9,45 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from uplift.backbones import Backbone, build_backbone
+from uplift.backbones import BackboneConfig, check_backbone_fits
 
 __all__ = ["BackboneConfig", "check_backbone_fits", "crop_to_multiple", "resize_image"]
-
-
-@dataclass
-class BackboneConfig:
-    """Which frozen backbone to upsample.
-
-    Attributes:
-        name: a timm model name (``vit_small_patch14_dinov2.lvd142m``) or a diffusers repository
-            with a VAE (``stable-diffusion-v1-5/stable-diffusion-v1-5``).
-        pretrained: download the weights from the Hugging Face hub; ``false``: random init (tests).
-        weights: a local weights file (or diffusers folder) instead of the hub download.
-        kind: ``timm`` or ``vae``; default: guessed from the name.
-        model_kwargs: timm ``create_model`` overrides, or the ``AutoencoderKL`` config for a VAE
-            (e.g. a tiny ``embed_dim``/``depth`` for tests).
-    """
-
-    name: str = "vit_small_patch14_dinov2.lvd142m"
-    pretrained: bool = True
-    weights: Optional[str] = None
-    kind: Optional[str] = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> Backbone:
-        kind = self.kind or ("vae" if _is_vae_name(self.name) else "timm")
-        extra = {"vae_config": self.model_kwargs or None} if kind == "vae" else {"model_kwargs": self.model_kwargs or None}
-        return build_backbone(self.name, pretrained=self.pretrained, weights=self.weights, kind=kind, **extra)
-
-    @property
-    def reproducible(self) -> bool:
-        """Whether rebuilding from this config gives the same weights (so checkpoints may omit them)."""
-        return self.pretrained or self.weights is not None
-
-
-def _is_vae_name(name: str) -> bool:
-    lowered = name.lower()
-    return "stable-diffusion" in lowered or "vae" in lowered.rsplit("/", 1)[-1]
 
 
 def resize_image(image: Tensor, side_or_size: Any) -> Tensor:
@@ -56,23 +20,6 @@ def resize_image(image: Tensor, side_or_size: Any) -> Tensor:
     if tuple(image.shape[-2:]) == size:
         return image
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
-def check_backbone_fits(backbone: Backbone, feature_channels: int, patch_size: int, backbone_name: str) -> None:
-    """One clear error, before any training, when the UPLiFT config does not match the backbone."""
-    problems = []
-    if backbone.feature_channels != feature_channels:
-        problems.append(
-            f"it produces {backbone.feature_channels}-channel features but uplift.feature_channels is "
-            f"{feature_channels} (set `uplift.feature_channels: {backbone.feature_channels}`)"
-        )
-    if backbone.patch_size != patch_size:
-        problems.append(
-            f"its patch size is {backbone.patch_size} but uplift.patch_size is {patch_size} "
-            f"(set `uplift.patch_size: {backbone.patch_size}`)"
-        )
-    if problems:
-        raise ValueError(f"Backbone {backbone_name!r} does not fit the UPLiFT model: " + "; ".join(problems) + ".")
 
 
 @torch.no_grad()

@@ -64,7 +64,7 @@ class PredictiveTask(L.LightningModule):
         self.lr, self.pca_images = lr, pca_images
         self.predict_dir, self.predict_save_features = Path(predict_dir), predict_save_features
         self.backbone = backbone.build()
-        check_backbone_fits(self.backbone, uplift.feature_channels, uplift.patch_size, backbone.name)
+        check_backbone_fits(self.backbone, uplift)
         self.model = UPLiFT(uplift)
         if init_weights:
             load_state_dict_strict(self.model, UPLiFT.from_pretrained(init_weights).state_dict(), f"weights {init_weights}")

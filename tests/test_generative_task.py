@@ -89,7 +89,7 @@ def test_cli_fit_then_validate_logs_decoded_previews(tmp_path: Path) -> None:
     scalars = events.Tags()["scalars"]
     assert {"val/mse_uplift", "val/mse_bilinear", "val/uplift_over_bilinear"} <= set(scalars)
 
-    from uplift.upsamplers import load_uplift  # what `uplift-upscale --weights last.ckpt` uses
+    from uplift.checkpoints import load_uplift  # what `uplift-upscale --weights last.ckpt` uses
 
     assert load_uplift(str(last)).config == UPLiFTConfig.from_dict(checkpoint["uplift_config"])
 
@@ -378,7 +378,7 @@ def test_upscale_bad_inputs_are_one_clear_error(tiny_weights, tmp_path: Path, ca
                         decoder_low={"widths": [4], "block": "double"},
                         decoder_high={"widths": [4], "block": "double"})).save_pretrained(predictive)
     assert upscale_main([str(source), str(tmp_path / "out"), "--weights", str(predictive), "--vae", str(vae_dir)]) == 2
-    assert "do not fit the VAE" in capsys.readouterr().err
+    assert "does not fit the UPLiFT model" in capsys.readouterr().err
 
 
 def test_upscale_with_release_format_weights_file(official_dir: Path, tiny_weights, tmp_path: Path) -> None:

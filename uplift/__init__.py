@@ -9,9 +9,11 @@ imported only when a backbone is built.
 """
 
 from uplift.attender import NEIGHBOURHOODS, LocalAttender, local_attend, local_attend_reference
-from uplift.checkpoints import CheckpointMismatchError
+from uplift.checkpoints import load_uplift
 from uplift.config import PRESETS, BlockGroupConfig, RefinerConfig, UPLiFTConfig
-from uplift.hub import RELEASES, WeightsUnavailableError
+from uplift.errors import (CheckpointMismatchError, ConfigError, InputError, UPLiFTError, UpsamplerUnavailableError,
+                           WeightsError, WeightsUnavailableError)
+from uplift.hub import RELEASES
 from uplift.model import UPLiFT
 
 __version__ = "0.1.0"
@@ -22,11 +24,17 @@ __all__ = [
     "RELEASES",
     "BlockGroupConfig",
     "CheckpointMismatchError",
+    "ConfigError",
+    "InputError",
     "LocalAttender",
     "RefinerConfig",
     "UPLiFT",
     "UPLiFTConfig",
+    "UPLiFTError",
+    "UpsamplerUnavailableError",
+    "WeightsError",
     "WeightsUnavailableError",
+    "load_uplift",
     "local_attend",
     "local_attend_reference",
     "__version__",

@@ -11,6 +11,7 @@ timm and diffusers are imported only when a backbone is built, so ``import uplif
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -18,9 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from uplift.blocks import check_patch_multiple
-from uplift.hub import WeightsUnavailableError
+from uplift.errors import ConfigError, WeightsUnavailableError
 
-__all__ = ["SD15_VAE_CONFIG", "Backbone", "TimmViTBackbone", "VAEBackbone", "build_backbone"]
+__all__ = ["SD15_VAE_CONFIG", "Backbone", "BackboneConfig", "TimmViTBackbone", "VAEBackbone", "backbone_kind", "build_backbone",
+           "check_backbone_fits"]
 
 PathLike = Union[str, Path]
 
@@ -254,10 +256,10 @@ class VAEBackbone(Backbone):
         diffusers' own single-file mapping. Offline, unlike ``from_single_file``, which fetches the config."""
         from diffusers import AutoencoderKL
 
-        from uplift.checkpoints import _read_weights
+        from uplift.checkpoints import read_weights_file
 
         vae = AutoencoderKL(**(SD15_VAE_CONFIG if vae_config is None else vae_config))
-        state = _read_weights(path)
+        state = read_weights_file(path)
         if set(state) != set(vae.state_dict()):
             from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
@@ -282,16 +284,67 @@ class VAEBackbone(Backbone):
         return ((image + 1) / 2).clamp(0, 1)
 
 
+def backbone_kind(name: str) -> str:
+    """``vae`` for diffusers VAE repositories (``stable-diffusion...``, ``.../...vae...``), else ``timm``: the one
+    rule that guesses a backbone's kind from its name (``kind`` set explicitly always wins)."""
+    lowered = name.lower()
+    return "vae" if "stable-diffusion" in lowered or "vae" in lowered.rsplit("/", 1)[-1] else "timm"
+
+
 def build_backbone(name: str, pretrained: bool = True, weights: Optional[PathLike] = None, **kwargs: Any) -> Backbone:
-    """The backbone for a config's name: diffusers ids (``stable-diffusion...``, ``...vae...``) or
-    ``kind="vae"`` give a :class:`VAEBackbone`, anything else (``kind="timm"``) a :class:`TimmViTBackbone`.
-    Other keyword arguments go to the backbone's constructor."""
-    kind = kwargs.pop("kind", None)
-    if kind is None:
-        lowered = name.lower()
-        kind = "vae" if "stable-diffusion" in lowered or "vae" in lowered.rsplit("/", 1)[-1] else "timm"
+    """The backbone for a config's name: ``kind="vae"`` (or a VAE name, :func:`backbone_kind`) gives a
+    :class:`VAEBackbone`, ``kind="timm"`` a :class:`TimmViTBackbone`. Other keyword arguments go to the
+    backbone's constructor."""
+    kind = kwargs.pop("kind", None) or backbone_kind(name)
     if kind == "vae":
         return VAEBackbone(repo_id=name, pretrained=pretrained, weights=weights, **kwargs)
     if kind == "timm":
         return TimmViTBackbone(name, pretrained=pretrained, weights=weights, **kwargs)
     raise ValueError(f"Unknown backbone kind {kind!r}; use 'timm' or 'vae'.")
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen backbone to upsample (read from YAML by the CLI; plain data, no Lightning).
+
+    Attributes:
+        name: a timm model name (``vit_small_patch14_dinov2.lvd142m``) or a diffusers repository
+            with a VAE (``stable-diffusion-v1-5/stable-diffusion-v1-5``).
+        pretrained: download the weights from the Hugging Face hub; ``false``: random init (tests).
+        weights: a local weights file (or diffusers folder) instead of the hub download.
+        kind: ``timm`` or ``vae``; default: :func:`backbone_kind` of the name.
+        model_kwargs: timm ``create_model`` overrides, or the ``AutoencoderKL`` config for a VAE
+            (e.g. a tiny ``embed_dim``/``depth`` for tests).
+    """
+
+    name: str = "vit_small_patch14_dinov2.lvd142m"
+    pretrained: bool = True
+    weights: Optional[str] = None
+    kind: Optional[str] = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Backbone:
+        kind = self.kind or backbone_kind(self.name)
+        extra = {"vae_config": self.model_kwargs or None} if kind == "vae" else {"model_kwargs": self.model_kwargs or None}
+        return build_backbone(self.name, pretrained=self.pretrained, weights=self.weights, kind=kind, **extra)
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether rebuilding from this config gives the same weights (so checkpoints may omit them)."""
+        return self.pretrained or self.weights is not None
+
+
+def check_backbone_fits(backbone: Backbone, config: Any, fix: Optional[str] = None) -> None:
+    """The one check that an UPLiFT model (its config: ``feature_channels``, ``patch_size``) upsamples this
+    backbone's features: one :class:`~uplift.errors.ConfigError` before any work, naming both sides and the fix
+    (default: the config keys to set)."""
+    problems = []
+    if backbone.feature_channels != config.feature_channels:
+        problems.append(f"it produces {backbone.feature_channels}-channel features but uplift.feature_channels is "
+                        f"{config.feature_channels}" + ("" if fix else f" (set `uplift.feature_channels: {backbone.feature_channels}`)"))
+    if backbone.patch_size != config.patch_size:
+        problems.append(f"its patch size is {backbone.patch_size} but uplift.patch_size is {config.patch_size}"
+                        + ("" if fix else f" (set `uplift.patch_size: {backbone.patch_size}`)"))
+    if problems:
+        raise ConfigError(f"Backbone {getattr(backbone, 'name', type(backbone).__name__)!r} does not fit the UPLiFT "
+                          f"model: " + "; ".join(problems) + (f". Fix: {fix}." if fix else "."))

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from uplift.errors import WeightsUnavailableError
+
 __all__ = ["HUB_ORGANISATION", "RELEASES", "Release", "WeightsUnavailableError", "download"]
 
 HUB_ORGANISATION = "UPLiFT-upsampler"
@@ -38,8 +40,6 @@ RELEASES: dict[str, Release] = {
 }
 
 
-class WeightsUnavailableError(RuntimeError):
-    """Weights could not be downloaded (no network, no such repository, gated access, ...)."""
 
 
 def hf_hub_download(*args, **kwargs) -> str:

@@ -209,18 +209,19 @@ class UPLiFT(nn.Module):
     @classmethod
     def from_official(cls, weights: Union[str, Path, dict[str, Tensor]], config: Union[str, Path, dict[str, Any]]) -> "UPLiFT":
         """Build the model of a reference-release checkpoint: ``.safetensors`` path (or state dict)
-        and the release's YAML config (path or dict with sections ``backbone`` and ``uplift``)."""
+        and the release's YAML config (path or dict with sections ``backbone`` and ``uplift``, or a preset name)."""
         from uplift.checkpoints import load_official
 
         return load_official(weights, config)
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: Union[str, Path], **kwargs: Any) -> "UPLiFT":
-        """A released model by name (``dinov2-s14``, ``dinov3-splus16``, ``sd15-vae``; downloaded from
-        the Hugging Face hub) or a directory written by :meth:`save_pretrained`."""
-        from uplift.checkpoints import load_pretrained
+    def from_pretrained(cls, reference: Union[str, Path], **kwargs: Any) -> "UPLiFT":
+        """Any weights reference (:func:`uplift.checkpoints.load_uplift`): a released name (``dinov2-s14``,
+        ``dinov3-splus16``, ``sd15-vae``; downloaded from the Hugging Face hub), a :meth:`save_pretrained` folder,
+        a ``.safetensors`` file (``config=`` for a bare release file) or a ``uplift fit`` ``.ckpt``."""
+        from uplift.checkpoints import load_uplift
 
-        return load_pretrained(name_or_dir, **kwargs)
+        return load_uplift(reference, **kwargs)
 
     def save_pretrained(self, directory: Union[str, Path]) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``."""

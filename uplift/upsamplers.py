@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uplift.errors import UpsamplerUnavailableError
+
 __all__ = [
     "Upsampler",
     "Nearest",
@@ -36,8 +38,6 @@ __all__ = [
 ]
 
 
-class UpsamplerUnavailableError(RuntimeError):
-    """A peer upsampler's code or weights could not be loaded (offline, not installed, ...)."""
 
 
 class Upsampler(nn.Module):
@@ -78,49 +78,23 @@ class Bilinear(Upsampler):
 
 
 class UPLiFTUpsampler(Upsampler):
-    """UPLiFT from released weights (``dinov2-s14``, ...), a ``save_pretrained`` directory, or a
-    ``uplift fit`` checkpoint (``.ckpt`` of the predictive task). Runs ``steps`` 2x steps (default:
+    """UPLiFT from any weights reference (:func:`uplift.checkpoints.load_uplift`): released weights
+    (``dinov2-s14``, ...), a ``save_pretrained`` directory, a ``.safetensors`` file (``config`` for a bare
+    release file) or a ``uplift fit`` checkpoint (``.ckpt`` of the predictive task). Runs ``steps`` 2x steps (default:
     enough for one feature per pixel) and resizes to the requested size (16x on patch 14 then
     bilinear down to 448, as the paper does)."""
 
     label = "UPLiFT"
 
-    def __init__(self, weights: str = "dinov2-s14", steps: Optional[int] = None) -> None:
+    def __init__(self, weights: str = "dinov2-s14", steps: Optional[int] = None, config: Optional[str] = None) -> None:
+        from uplift.checkpoints import load_uplift
+
         super().__init__()
         self.weights, self.steps = weights, steps
-        self.model = load_uplift(weights)
+        self.model = load_uplift(weights, config=config)
 
     def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
         return self.model(image, features, steps=self.steps)
-
-
-def load_uplift(weights: str) -> nn.Module:
-    """An UPLiFT model from a release name, a released ``.safetensors`` file on disk, a
-    ``save_pretrained`` directory or a Lightning checkpoint of the training task."""
-    from uplift.checkpoints import load_state_dict_strict
-    from uplift.config import UPLiFTConfig
-    from uplift.model import UPLiFT
-
-    from uplift.hub import RELEASES
-
-    path = Path(weights)
-    if path.suffix == ".safetensors":  # a released checkpoint copied by hand: its file name names the release
-        release = next((name for name, r in RELEASES.items() if r.weights_file == path.name), None)
-        if release is None:
-            raise ValueError(f"{path.name} is not a released UPLiFT file ({', '.join(r.weights_file for r in RELEASES.values())}); "
-                             f"pass a release name, a save_pretrained folder or a training .ckpt.")
-        return UPLiFT.from_official(path, release)
-    if path.suffix == ".ckpt":
-        if not path.is_file():
-            raise FileNotFoundError(f"UPLiFT checkpoint {path} not found; train one with `uplift fit` first.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if "uplift_config" not in checkpoint:
-            raise ValueError(f"{path} is not a checkpoint of the UPLiFT training task (no 'uplift_config').")
-        model = UPLiFT(UPLiFTConfig.from_dict(checkpoint["uplift_config"]))
-        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        load_state_dict_strict(model, state, source=f"checkpoint {path}")
-        return model.eval()
-    return UPLiFT.from_pretrained(weights)
 
 
 class TorchHubUpsampler(Upsampler):

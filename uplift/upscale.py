@@ -24,7 +24,8 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from uplift.hub import WeightsUnavailableError
+from uplift.backbones import check_backbone_fits
+from uplift.errors import WeightsUnavailableError
 from uplift.imageio import list_images, load_rgb, pil_to_tensor
 
 __all__ = ["find_images", "load_image", "load_vae", "load_weights", "upscale_files", "main"]
@@ -76,38 +77,19 @@ def load_vae(vae: str = DEFAULT_VAE, random_init: bool = False):
     return VAEBackbone(repo_id=vae, pretrained=True)
 
 
-def load_weights(weights: str = "sd15-vae") -> torch.nn.Module:
-    """UPLiFT: a release name (downloaded), a ``save_pretrained`` folder, a ``.ckpt`` of the training task
-    (:func:`uplift.upsamplers.load_uplift`), or the release's ``.safetensors`` file on disk (with the release
-    YAML of the same name beside it, else the ``sd15-vae`` architecture)."""
-    from uplift.model import UPLiFT
-    from uplift.upsamplers import load_uplift
+def load_weights(weights: str = "sd15-vae", config: Optional[str] = None) -> torch.nn.Module:
+    """UPLiFT from any weights reference (:func:`uplift.checkpoints.load_uplift`): a release name (downloaded), a
+    ``save_pretrained`` folder, a ``.ckpt`` of the training task, or a ``.safetensors`` file (a bare release file needs
+    its YAML beside it, its hub file name, or ``config``)."""
+    from uplift.checkpoints import load_uplift
 
-    path = Path(weights).expanduser()
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise FileNotFoundError(f"UPLiFT weights file {path} not found.")
-        config = path.with_suffix(".yaml")
-        return UPLiFT.from_official(path, config if config.is_file() else "sd15-vae").eval()
     try:
-        return load_uplift(weights)
+        return load_uplift(weights, config=config)
     except WeightsUnavailableError as err:
         raise WeightsUnavailableError(
             f"{err}\nWith {PROG}: pass that file, `--weights /path/to/uplift_sd1.5vae.safetensors`, or a "
             f"save_pretrained folder or .ckpt of your own."
         ) from None
-
-
-def _check_fits(model, vae) -> None:
-    problems = []
-    if model.feature_channels != vae.feature_channels:
-        problems.append(f"the VAE has {vae.feature_channels} latent channels but the UPLiFT model upsamples "
-                        f"{model.feature_channels}-channel features")
-    if model.patch_size != vae.patch_size:
-        problems.append(f"the VAE downsamples by {vae.patch_size} but the UPLiFT model's patch size is {model.patch_size}")
-    if problems:
-        raise ValueError("The UPLiFT weights do not fit the VAE: " + "; ".join(problems)
-                         + ". Use the UPLiFT model trained on this VAE (--weights) or its VAE (--vae).")
 
 
 def upscale_files(
@@ -161,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="UPLiFT weights: a release name (default: sd15-vae, downloaded from the hub), a "
                              "save_pretrained folder, a .ckpt of `uplift fit --config configs/vae.yaml`, or the "
                              "release's uplift_sd1.5vae.safetensors file")
+    parser.add_argument("--config", default=None,
+                        help="the architecture of a bare release .safetensors file that has neither its YAML beside it "
+                             "nor its hub file name: the release YAML or a preset name (sd15-vae)")
     parser.add_argument("--steps", type=int, default=1, help="2x UPLiFT steps (default 1: 2x; 2: 4x)")
     parser.add_argument("--no-color-correction", action="store_true",
                         help="keep the decoder's colours (default: shift each channel's mean onto the input's)")
@@ -180,9 +165,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise ValueError(f"--steps must be a positive number of 2x steps, got {args.steps}.")
     pairs = find_images(args.input)  # a missing input fails before any weights are loaded
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = load_weights(args.weights)
+    model = load_weights(args.weights, args.config)
     vae = load_vae(args.vae, random_init=args.vae_random)
-    _check_fits(model, vae)
+    check_backbone_fits(vae, model.config, fix="use the UPLiFT model trained on this VAE (--weights) or its VAE (--vae)")
     written = upscale_files(pairs, args.output, model, vae, steps=args.steps, device=device, seed=args.seed,
                             correct_colors=not args.no_color_correction, progress=not args.quiet)
     if not args.quiet:

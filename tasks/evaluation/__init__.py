@@ -214,10 +214,10 @@ def load_models(config: EvalConfig, device: torch.device) -> tuple[Any, torch.nn
 
     ``uplift_weights``: a release name, a ``save_pretrained`` directory, a training ``.ckpt``, or the release's
     ``.safetensors`` file (the ``sd15-vae`` architecture)."""
-    from uplift.backbones import VAEBackbone
-    from uplift.hub import WeightsUnavailableError
+    from uplift.backbones import VAEBackbone, check_backbone_fits
+    from uplift.checkpoints import load_uplift
+    from uplift.errors import WeightsUnavailableError
     from uplift.model import UPLiFT
-    from uplift.upsamplers import load_uplift
 
     torch.manual_seed(config.seed)
     try:
@@ -231,19 +231,13 @@ def load_models(config: EvalConfig, device: torch.device) -> tuple[Any, torch.nn
     try:
         if config.uplift_weights == "tiny":
             model = UPLiFT(tiny_uplift_config(vae.patch_size))
-        elif config.uplift_weights.endswith(".safetensors"):
-            model = UPLiFT.from_official(Path(config.uplift_weights).expanduser(), "sd15-vae")
         else:
             model = load_uplift(config.uplift_weights)
     except WeightsUnavailableError as err:
         raise WeightsUnavailableError(
             f"{err}\nHere: `--uplift-weights /path/to/uplift_sd1.5vae.safetensors` (config key `uplift_weights`; a "
             f"save_pretrained directory or a training .ckpt work too).") from err
-    if model.config.feature_channels != vae.feature_channels or model.config.patch_size != vae.patch_size:
-        raise ConfigError(
-            f"UPLiFT {config.uplift_weights!r} upsamples {model.config.feature_channels}-channel features at patch size "
-            f"{model.config.patch_size}, but the VAE {config.vae!r} gives {vae.feature_channels} channels at downsampling "
-            f"factor {vae.patch_size}; use the UPLiFT trained for this VAE (sd15-vae for SD1.5).")
+    check_backbone_fits(vae, model.config, fix="use the UPLiFT trained for this VAE (sd15-vae for SD1.5)")
     return vae.to(device), model.to(device).eval()
 
 
