@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +11,11 @@ from torch import Tensor
 
 from uplift.backbones import Backbone, build_backbone
 
-__all__ = ["BackboneConfig", "check_backbone_fits", "crop_to_multiple", "resize_image"]
+__all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "crop_to_multiple", "feature_pyramid", "resize_image"]
+
+#: How training images are halved: ``antialias`` (bilinear, antialiased: the UPLiFT release) or
+#: ``stride`` (every other pixel, ``image[..., ::2, ::2]``: LiFT's training code).
+Downsample = Literal["antialias", "stride"]
 
 
 @dataclass
@@ -58,21 +62,45 @@ def resize_image(image: Tensor, side_or_size: Any) -> Tensor:
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
-def check_backbone_fits(backbone: Backbone, feature_channels: int, patch_size: int, backbone_name: str) -> None:
-    """One clear error, before any training, when the UPLiFT config does not match the backbone."""
+def check_backbone_fits(backbone: Backbone, feature_channels: int, patch_size: int, backbone_name: str,
+                        model_key: str = "uplift", model_name: str = "UPLiFT") -> None:
+    """One clear error, before any training, when the upsampler's config (``model_key`` in the task's
+    arguments) does not match the backbone."""
     problems = []
     if backbone.feature_channels != feature_channels:
         problems.append(
-            f"it produces {backbone.feature_channels}-channel features but uplift.feature_channels is "
-            f"{feature_channels} (set `uplift.feature_channels: {backbone.feature_channels}`)"
+            f"it produces {backbone.feature_channels}-channel features but {model_key}.feature_channels is "
+            f"{feature_channels} (set `{model_key}.feature_channels: {backbone.feature_channels}`)"
         )
     if backbone.patch_size != patch_size:
         problems.append(
-            f"its patch size is {backbone.patch_size} but uplift.patch_size is {patch_size} "
-            f"(set `uplift.patch_size: {backbone.patch_size}`)"
+            f"its patch size is {backbone.patch_size} but {model_key}.patch_size is {patch_size} "
+            f"(set `{model_key}.patch_size: {backbone.patch_size}`)"
         )
     if problems:
-        raise ValueError(f"Backbone {backbone_name!r} does not fit the UPLiFT model: " + "; ".join(problems) + ".")
+        raise ValueError(f"Backbone {backbone_name!r} does not fit the {model_name} model: " + "; ".join(problems) + ".")
+
+
+@torch.no_grad()
+def feature_pyramid(backbone: Backbone, images: Tensor, levels: int,
+                    downsample: Downsample = "antialias") -> list[tuple[Tensor, Tensor]]:
+    """``[(image at S/2^l, backbone features of it)]`` for l = 0..levels, one backbone pass each."""
+    if downsample not in ("antialias", "stride"):
+        raise ValueError(f"downsample must be 'antialias' or 'stride', got {downsample!r}.")
+    height, side = images.shape[-2:]
+    p = backbone.patch_size
+    pyramid = []
+    for level in range(levels + 1):
+        size = (height >> level, side >> level)
+        if size[0] % p or size[1] % p or size[0] << level != height or size[1] << level != side:
+            raise ValueError(
+                f"Training image size {height}x{side} cannot be halved {levels} times into "
+                f"multiples of the patch size {p} (depth {levels} needs sides divisible by {p << levels}); "
+                f"set data.image_size to a multiple of {p << levels} (e.g. {max(1, round(side / (p << levels))) * (p << levels)})."
+            )
+        scaled = resize_image(images, size) if downsample == "antialias" else images[..., :: 1 << level, :: 1 << level]
+        pyramid.append((scaled, backbone(scaled).float()))
+    return pyramid
 
 
 @torch.no_grad()
