@@ -226,6 +226,26 @@ def test_bad_task_settings_are_clear_errors() -> None:
 # ---------------------------------------------------------------------------------------- CLI and Table 1 rows
 
 
+def test_paper_config_is_valid_and_builds_the_1_2m_model(capsys) -> None:
+    import yaml
+
+    from uplift.cli import main
+
+    path = REPO / "configs" / "lift_dinov2_s14.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert exit_info.value.code == 0
+    capsys.readouterr()
+    config = yaml.safe_load(path.read_text())
+    args = config["model"]["init_args"]
+    assert (args["loss"], args["downsample"], args["levels"], args["lr"]) == ("cosine", "stride", [1, 2], 0.001)
+    assert config["data"]["init_args"]["image_size"] == 448 and config["data"]["init_args"]["batch_size"] == 256
+    assert LiFT(LiFTConfig(**args["lift"])).num_parameters() == 1_187_280
+    # the Table 1 rows look where this run leaves its last checkpoint
+    callback = config["trainer"]["callbacks"][0]["init_args"]
+    assert str(Path(callback["dirpath"]) / "last.ckpt") == ups.LIFT_CHECKPOINT
+
+
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory) -> Path:
     """`uplift fit` with the tiny config, a few steps, on the bundled photos: its last.ckpt."""
