@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 
-from tasks.common import BackboneConfig, check_backbone_fits, crop_to_multiple, resize_image
+from tasks.common import BackboneConfig, check_backbone_fits, crop_to_multiple, feature_pyramid
 from uplift import UPLiFT, UPLiFTConfig
 from uplift.checkpoints import load_state_dict_strict
 from uplift.visualize import feature_panels, save_png
@@ -77,23 +77,9 @@ class PredictiveTask(L.LightningModule):
         """The image the UPLiFT encoder sees: backbone-normalised, or raw for ``raw_image_guide``."""
         return image01 if self.model.config.raw_image_guide else self.backbone.normalize(image01)
 
-    @torch.no_grad()
     def feature_pyramid(self, images: Tensor, levels: int) -> list[tuple[Tensor, Tensor]]:
         """``[(image at S/2^l, backbone features of it)]`` for l = 0..levels, one backbone pass each."""
-        side = images.shape[-1]
-        p = self.backbone.patch_size
-        pyramid = []
-        for level in range(levels + 1):
-            size = (images.shape[-2] >> level, side >> level)
-            if size[0] % p or size[1] % p or size[0] << level != images.shape[-2] or size[1] << level != side:
-                raise ValueError(
-                    f"Training image size {images.shape[-2]}x{side} cannot be halved {levels} times into "
-                    f"multiples of the patch size {p} (depth {levels} needs sides divisible by {p << levels}); "
-                    f"set data.image_size to a multiple of {p << levels} (e.g. {max(1, round(side / (p << levels))) * (p << levels)})."
-                )
-            scaled = resize_image(images, size)
-            pyramid.append((scaled, self.backbone(scaled).float()))
-        return pyramid
+        return feature_pyramid(self.backbone, images, levels)
 
     def _track_skipped(self, batch: dict[str, Any]) -> None:
         self._skipped_images += int(batch.get("skipped", 0))

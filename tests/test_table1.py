@@ -19,8 +19,8 @@ def test_tiny_table_fills_every_row_and_dataset_and_resumes(tmp_path: Path, monk
     table = (tmp_path / "tiny" / "table1.md").read_text()
     with (tmp_path / "tiny" / "table1.csv").open() as f:
         rows = list(csv.DictReader(f))
-    available = {"Nearest", "Bilinear", "UPLiFT"}  # the peers need their code from the network
-    for method in ("Nearest", "Bilinear", "UPLiFT", "FeatUp", "LoftUp", "JAFAR", "AnyUp"):
+    available = {"Nearest", "Bilinear", "UPLiFT", "LiFT", "LiFT-2x"}  # the peers need their code from the network
+    for method in ("Nearest", "Bilinear", "LiFT-2x", "LiFT", "UPLiFT", "FeatUp", "LoftUp", "JAFAR", "AnyUp"):
         assert f"| {method} |" in table
         cells = [r for r in rows if r["method"] == method and r["dataset"] != "-"]
         assert {r["dataset"] for r in cells} == set(reproduce.DATASETS), method
@@ -40,8 +40,9 @@ def test_tiny_table_fills_every_row_and_dataset_and_resumes(tmp_path: Path, monk
         raise AssertionError("a finished cell was recomputed")
 
     monkeypatch.setattr(reproduce, "run_cell", must_not_run)
-    monkeypatch.setattr(reproduce, "train_tiny_uplift", must_not_run)
     monkeypatch.setattr(reproduce, "time_row", lambda plan, row: {"status": "unavailable", "reason": f"{row}: offline"}
-                        if row not in ("nearest", "bilinear", "uplift") else must_not_run())
-    assert reproduce.main(["--scale", "tiny", "--results", str(tmp_path),
-                           "--uplift-weights", str(tmp_path / "tiny" / "table1" / "tiny_uplift" / "checkpoints" / "last.ckpt")]) == 0
+                        if row not in ("nearest", "bilinear", "uplift", "lift", "lift2x") else must_not_run())
+    import tasks.cli
+
+    monkeypatch.setattr(tasks.cli, "run_cli", must_not_run)  # the trained row models are reused too
+    assert reproduce.main(["--scale", "tiny", "--results", str(tmp_path)]) == 0

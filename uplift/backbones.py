@@ -334,17 +334,18 @@ class BackboneConfig:
         return self.pretrained or self.weights is not None
 
 
-def check_backbone_fits(backbone: Backbone, config: Any, fix: Optional[str] = None) -> None:
-    """The one check that an UPLiFT model (its config: ``feature_channels``, ``patch_size``) upsamples this
-    backbone's features: one :class:`~uplift.errors.ConfigError` before any work, naming both sides and the fix
-    (default: the config keys to set)."""
+def check_backbone_fits(backbone: Backbone, config: Any, fix: Optional[str] = None, key: str = "uplift",
+                        model: str = "UPLiFT") -> None:
+    """The one check that an upsampler (its config: ``feature_channels``, ``patch_size``; the task argument
+    ``key``) upsamples this backbone's features: one :class:`~uplift.errors.ConfigError` before any work, naming
+    both sides and the fix (default: the config keys to set)."""
     problems = []
     if backbone.feature_channels != config.feature_channels:
-        problems.append(f"it produces {backbone.feature_channels}-channel features but uplift.feature_channels is "
-                        f"{config.feature_channels}" + ("" if fix else f" (set `uplift.feature_channels: {backbone.feature_channels}`)"))
+        problems.append(f"it produces {backbone.feature_channels}-channel features but {key}.feature_channels is "
+                        f"{config.feature_channels}" + ("" if fix else f" (set `{key}.feature_channels: {backbone.feature_channels}`)"))
     if backbone.patch_size != config.patch_size:
-        problems.append(f"its patch size is {backbone.patch_size} but uplift.patch_size is {config.patch_size}"
-                        + ("" if fix else f" (set `uplift.patch_size: {backbone.patch_size}`)"))
+        problems.append(f"its patch size is {backbone.patch_size} but {key}.patch_size is {config.patch_size}"
+                        + ("" if fix else f" (set `{key}.patch_size: {backbone.patch_size}`)"))
     if problems:
-        raise ConfigError(f"Backbone {getattr(backbone, 'name', type(backbone).__name__)!r} does not fit the UPLiFT "
+        raise ConfigError(f"Backbone {getattr(backbone, 'name', type(backbone).__name__)!r} does not fit the {model} "
                           f"model: " + "; ".join(problems) + (f". Fix: {fix}." if fix else "."))

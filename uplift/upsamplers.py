@@ -158,3 +158,45 @@ class FeatUpJBU(TorchHubUpsampler):
     def __init__(self, hub_kwargs: Optional[dict[str, Any]] = None) -> None:
         super().__init__("mhamilton723/FeatUp", "dinov2", call="featup", label="FeatUp",
                          kwargs={"use_norm": False, **(hub_kwargs or {})})
+
+
+# ------------------------------------------------------------------------------------------ LiFT
+__all__ += ["LIFT_CHECKPOINT", "LiFT", "LiFT2x"]
+
+#: Where ``uplift fit --config configs/lift_dinov2_s14.yaml`` leaves the trained LiFT.
+LIFT_CHECKPOINT = "runs/lift_dinov2_s14/checkpoints/last.ckpt"
+
+
+class LiFT(Upsampler):
+    """LiFT run four times (16x: 32x32 -> 512x512 on a 448 image) and resized to the output size, as
+    the paper's "LiFT" row (after JAFAR). Weights: a ``uplift fit`` checkpoint of ``tasks.LiFTTask``
+    or a :func:`uplift.lift.save_lift` directory; there is no official DINOv2-S/14 LiFT."""
+
+    label = "LiFT"
+    steps = 4
+
+    def __init__(self, weights: str = LIFT_CHECKPOINT) -> None:
+        super().__init__()
+        from uplift.lift import load_lift
+
+        self.weights = weights
+        if not Path(weights).exists():
+            raise UpsamplerUnavailableError(
+                f"{self.label}: no trained LiFT at {weights}; train it with `uplift fit --config "
+                f"configs/lift_dinov2_s14.yaml` (it writes {LIFT_CHECKPOINT}) or pass its path as `weights`."
+            )
+        self.model = load_lift(weights)
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        return self.model(image, features, steps=self.steps)  # forward() resizes 512 -> 448 (bilinear, antialiased)
+
+
+class LiFT2x(LiFT):
+    """One LiFT step (2x), then bilinear upsampling to the output size: the paper's "LiFT-2x" row."""
+
+    label = "LiFT-2x"
+    steps = 1
+
+    def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
+        x = self.model(image, features, steps=self.steps)
+        return F.interpolate(x, size=output_size, mode="bilinear", align_corners=False)

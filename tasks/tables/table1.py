@@ -29,6 +29,10 @@ PAPER: dict[str, dict[str, Any]] = {
                 "cityscapes": (54.87, 90.56), "depth": (56.66, 0.73)},
     "bilinear": {"params": None, "ms": 2.8, "coco": (59.41, 79.28), "voc": (81.62, 95.44), "ade20k": (40.43, 74.12),
                  "cityscapes": (59.71, 92.56), "depth": (58.83, 0.68)},
+    "lift2x": {"params": 1.2, "ms": 3.8, "coco": (58.28, 78.97), "voc": (82.46, 95.73), "ade20k": (39.74, 73.79),
+               "cityscapes": (61.07, 93.09), "depth": (57.17, 0.70)},
+    "lift": {"params": 1.2, "ms": 51.9, "coco": (57.42, 78.46), "voc": (80.97, 95.37), "ade20k": (38.95, 73.34),
+             "cityscapes": (61.98, 93.61), "depth": (55.07, 0.73)},
     "featup": {"params": 0.2, "ms": 109.6, "coco": (61.77, 80.99), "voc": (83.52, 96.06), "ade20k": (42.07, 75.52),
                "cityscapes": (60.50, 93.12), "depth": (60.01, 0.66)},
     "loftup": {"params": 4.3, "ms": 223.5, "coco": (62.19, 81.35), "voc": (84.63, 96.33), "ade20k": (42.16, 75.79),
@@ -43,6 +47,8 @@ PAPER: dict[str, dict[str, Any]] = {
 ROWS = {
     "nearest": ("Nearest", "uplift.upsamplers.Nearest", {}),
     "bilinear": ("Bilinear", "uplift.upsamplers.Bilinear", {}),
+    "lift2x": ("LiFT-2x", "uplift.upsamplers.LiFT2x", {}),
+    "lift": ("LiFT", "uplift.upsamplers.LiFT", {}),
     "featup": ("FeatUp", "uplift.upsamplers.FeatUpJBU", {}),
     "loftup": ("LoftUp", "uplift.upsamplers.LoftUp", {}),
     "jafar": ("JAFAR", "uplift.upsamplers.JAFAR", {}),
@@ -66,7 +72,12 @@ class Plan:
     rows: list[str]
     datasets: list[str]
     uplift_weights: Optional[str] = None
+    lift_weights: Optional[str] = None
     extra: list[str] = field(default_factory=list)
+
+    def weights(self, row: str) -> Optional[str]:
+        """The weights the driver gives a trained row (``uplift``: ours or released; LiFT rows: the trained LiFT)."""
+        return self.lift_weights if row in ("lift", "lift2x") else self.uplift_weights if row == "uplift" else None
 
     @property
     def cells_dir(self) -> Path:
@@ -76,9 +87,10 @@ class Plan:
     def cache(self) -> ResultsCache:
         return ResultsCache(self.cells_dir)
 
-    def weights_stamp(self) -> Optional[list]:
-        """Size and time of an UPLiFT weights file, so retrained weights at the same path are new cells."""
-        path = Path(self.uplift_weights) if self.uplift_weights else None
+    def weights_stamp(self, row: str) -> Optional[list]:
+        """Size and time of a row's weights file, so retrained weights at the same path make new cells."""
+        weights = self.weights(row)
+        path = Path(weights) if weights else None
         return [path.stat().st_size, path.stat().st_mtime_ns] if path is not None and path.is_file() else None
 
 
@@ -88,8 +100,8 @@ class Plan:
 def _row_args(plan: Plan, row: str) -> list[str]:
     _, class_path, init = ROWS[row]
     init = dict(init)
-    if row == "uplift" and plan.uplift_weights:
-        init["weights"] = plan.uplift_weights
+    if plan.weights(row):
+        init["weights"] = plan.weights(row)
     args = [f"--model.init_args.upsampler.class_path={class_path}"]
     args += [f"--model.init_args.upsampler.init_args.{k}={v}" for k, v in init.items()]
     return args
@@ -141,8 +153,8 @@ def time_row(plan: Plan, row: str) -> dict[str, Any]:
 
     _, class_path, init = ROWS[row]
     init = dict(init)
-    if row == "uplift" and plan.uplift_weights:
-        init["weights"] = plan.uplift_weights
+    if plan.weights(row):
+        init["weights"] = plan.weights(row)
     try:
         upsampler = getattr(upsamplers, class_path.rsplit(".", 1)[1])(**init)
     except UpsamplerUnavailableError as err:
@@ -202,11 +214,20 @@ def write_results(plan: Plan, cells: dict[tuple[str, str], dict], timings: dict[
 # ------------------------------------------------------------------------------------------ main
 
 
-def train_tiny_uplift(plan: Plan) -> str:
-    """SCALE=tiny has no released UPLiFT for its 32-channel toy backbone: train one for a few steps (once)."""
-    args = ["--trainer.max_steps=10", "--trainer.enable_checkpointing=true",
-            "--trainer.callbacks+=tasks.callbacks.RunCheckpoint"]
-    return str(fit_once(REPO / "tests/conf/predictive.yaml", args, plan.cells_dir / "tiny_uplift"))
+#: Rows whose weights the driver trains itself when none are given: row -> (full config, tiny config). The full
+#: UPLiFT row uses the released weights; the paper trained its own LiFT for DINOv2-S/14 (appendix A).
+TRAINED = {"uplift": (None, "tests/conf/predictive.yaml"), "lift": ("configs/lift_dinov2_s14.yaml", "tests/conf/lift.yaml")}
+
+
+def train_row_model(plan: Plan, model: str) -> str:
+    """Train the model of a row (``uplift`` or ``lift``) once, for this results folder; returns its checkpoint.
+    SCALE=tiny has no released weights for its 32-channel toy backbone, so it trains both for a few steps."""
+    full, tiny = TRAINED[model]
+    if plan.scale == "tiny":
+        args = ["--trainer.max_steps=10", "--trainer.enable_checkpointing=true",
+                "--trainer.callbacks+=tasks.callbacks.RunCheckpoint"]
+        return str(fit_once(REPO / tiny, args, plan.cells_dir / f"tiny_{model}"))
+    return str(fit_once(REPO / full, [], plan.cells_dir / model))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -217,29 +238,35 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--uplift-weights", default=None, help="UPLiFT row: release name, save_pretrained dir or .ckpt "
                         "(default: the released dinov2-s14)")
+    parser.add_argument("--lift-weights", default=None, help="LiFT rows: a trained LiFT (.ckpt or save_lift folder); "
+                        "default: trained once with configs/lift_dinov2_s14.yaml into <results>/table1/lift/ (set its "
+                        "ImageNet root in that config)")
     args, extra = parser.parse_known_args(argv)  # the rest goes to every `uplift fit/test`, e.g. --data.init_args.root
     tiny = args.scale == "tiny"
-    plan = Plan(args.scale, results_dir(args.results, tiny), args.rows, args.datasets, args.uplift_weights, extra)
+    plan = Plan(args.scale, results_dir(args.results, tiny), args.rows, args.datasets, args.uplift_weights,
+                args.lift_weights, extra)
 
     from tqdm import tqdm
 
     if tiny:
         print(TINY_BANNER, flush=True)
         if "uplift" in plan.rows and not plan.uplift_weights:
-            plan.uplift_weights = train_tiny_uplift(plan)
+            plan.uplift_weights = train_row_model(plan, "uplift")
+    if {"lift", "lift2x"} & set(plan.rows) and not plan.lift_weights:
+        plan.lift_weights = train_row_model(plan, "lift")
     cells: dict[tuple[str, str], dict] = {}
     timings: dict[str, dict] = {}
     bar = tqdm([(row, ds) for row in plan.rows for ds in plan.datasets], desc="Table 1", unit="cell", file=sys.stdout)
     for row, ds in bar:
         bar.set_description(f"Table 1: {ROWS[row][0]} x {DATASETS[ds][0]}")
         if row not in timings:
-            key = args_key(_row_args(plan, row), plan.scale, plan.weights_stamp())
+            key = args_key(_row_args(plan, row), plan.scale, plan.weights_stamp(row))
             timings[row] = plan.cache(f"{row}__timing", key, lambda: time_row(plan, row))
         if timings[row].get("status") == "unavailable":  # no code/weights: skip its fits too
             cells[(row, ds)] = timings[row]
             continue
         config, cell_argv = cell_args(plan, row, ds)
-        cells[(row, ds)] = plan.cache(f"{row}__{ds}", args_key(config, cell_argv, plan.weights_stamp()), lambda: run_cell(plan, row, ds))
+        cells[(row, ds)] = plan.cache(f"{row}__{ds}", args_key(config, cell_argv, plan.weights_stamp(row)), lambda: run_cell(plan, row, ds))
     md, _ = write_results(plan, cells, timings)
     report(md, cells, tiny)
     return 0
