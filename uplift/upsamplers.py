@@ -209,7 +209,7 @@ def _hub_load(label: str, repo: str, entry: str, *, source: str, trust_repo: boo
             lines.append(f"`trust_repo: true` runs the code of github.com/{repo.split(':')[0]} (torch.hub.load(..., "
                          f"trust_repo=True)); or clone it, review it and set `repo: /path/to/clone` and `source: local`.")
         lines.append(f"The row needs the peer's code and weights (network access once, then torch.hub's cache in "
-                     f"{torch.hub.get_dir()}) and what its code imports: {needs}.")
+                     f"{torch.hub.get_dir()}); its code needs {needs}.")
         raise UpsamplerUnavailableError("\n".join(lines)) from err
 
 
@@ -230,7 +230,7 @@ class TorchHubUpsampler(PeerUpsampler):
 
     entry: str = ""
     entry_kwargs: dict[str, Any] = {}
-    needs: str = "torch"
+    needs: str = "only torch"
 
     def __init__(self, repo: str, source: str = "github", trust_repo: bool = False,
                  hub_kwargs: Optional[dict[str, Any]] = None) -> None:
@@ -252,7 +252,7 @@ class AnyUp(TorchHubUpsampler):
     code = "wimmerth/anyup@351807a9c4287368732cc247f26c7c81c9139af4"
     feature_channels = None  # backbone-agnostic
     entry = "anyup"
-    needs = "torch (its weights come from the repository's GitHub release)"
+    needs = "only torch (weights: the repository's GitHub release)"
 
     def __init__(self, repo: str = "wimmerth/anyup", source: Literal["github", "local"] = "github",
                  trust_repo: bool = False, hub_kwargs: Optional[dict[str, Any]] = None) -> None:
@@ -281,7 +281,7 @@ class LoftUp(TorchHubUpsampler):
     code = "andrehuang/loftup@6620d9bcde4c1af5cddedde6b9aaed6d4174a799"
     entry = "loftup_dinov2s"
     entry_kwargs = {"pretrained": True}
-    needs = "einops, matplotlib, huggingface_hub (its weights come from the Hugging Face hub)"
+    needs = "einops, matplotlib and huggingface_hub (weights: haiwen/loftup-dinov2s on the Hugging Face hub)"
 
     def __init__(self, backbone: Literal["original", "task"] = "original", repo: str = "andrehuang/loftup",
                  source: Literal["github", "local"] = "github", trust_repo: bool = False,
@@ -297,7 +297,7 @@ class LoftUp(TorchHubUpsampler):
             from uplift.backbones import OriginalDINOv2Backbone
 
             model = _hub_load(f"{self.label}'s original DINOv2-S/14 backbone", backbone_repo, "dinov2_vits14",
-                              source=backbone_source, trust_repo=trust_repo, needs="torch", pretrained=True)
+                              source=backbone_source, trust_repo=trust_repo, needs="only torch", pretrained=True)
             self.original = OriginalDINOv2Backbone(model, name=f"{backbone_repo}:dinov2_vits14")
 
     def own_backbone(self) -> Optional["Backbone"]:
