@@ -29,11 +29,16 @@ __all__ = ["FrozenFeatures", "ProbeTask", "SegmentationProbeTask"]
 
 
 class FrozenFeatures(nn.Module):
-    """Backbone + upsampler, frozen: ``[0, 1]`` image -> upsampled features at ``feature_size``."""
+    """Backbone + upsampler, frozen: ``[0, 1]`` image -> upsampled features at ``feature_size``.
+
+    A row that brings its own backbone (``upsampler.own_backbone()``, e.g. LoftUp on the original DINOv2)
+    is fed by it instead of the configured one, which is then not built."""
 
     def __init__(self, backbone: BackboneConfig, upsampler: Upsampler, feature_size: int = 448) -> None:
         super().__init__()
-        self.backbone = backbone.build()
+        own = upsampler.own_backbone()
+        self.backbone = own if own is not None else backbone.build()
+        upsampler.check_backbone(self.backbone)
         self.upsampler = upsampler.eval().requires_grad_(False)
         self.feature_size = feature_size
 

@@ -71,27 +71,6 @@ def test_uplift_row_from_released_file_on_disk(official_dir) -> None:
             ups.UPLiFTUpsampler(weights=str(shutil.copy(path, Path(tmp) / "mine.safetensors")))
 
 
-@pytest.mark.parametrize("cls", [ups.JAFAR, ups.AnyUp, ups.LoftUp, ups.FeatUpJBU])
-def test_peer_rows_offline_say_they_are_unavailable(cls) -> None:
-    with pytest.raises(ups.UpsamplerUnavailableError, match="torch.hub.load"):
-        cls()
-
-
-def test_peer_adapter_calls_the_hub_module_as_documented(monkeypatch) -> None:
-    """Only torch.hub.load (the download) is replaced; the adapter's calling convention is real."""
-    calls = {}
-
-    class FakeAnyUp(torch.nn.Module):
-        def forward(self, image, features, output_size):
-            calls["args"] = (tuple(image.shape), tuple(features.shape), output_size)
-            return torch.zeros(features.shape[0], features.shape[1], *output_size)
-
-    monkeypatch.setattr(torch.hub, "load", lambda repo, entry, **kw: calls.setdefault("hub", (repo, entry)) and FakeAnyUp())
-    out = ups.AnyUp()(torch.rand(1, 3, 56, 56), torch.randn(1, 8, 4, 4), (56, 56))
-    assert calls["hub"] == ("wimmerth/anyup", "anyup") and calls["args"] == ((1, 3, 56, 56), (1, 8, 4, 4), (56, 56))
-    assert out.shape == (1, 8, 56, 56)
-
-
 # ---------------------------------------------------------------------------------------- metrics
 
 

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from uplift.blocks import check_patch_multiple
 from uplift.errors import ConfigError, WeightsUnavailableError
 
-__all__ = ["SD15_VAE_CONFIG", "Backbone", "BackboneConfig", "TimmViTBackbone", "VAEBackbone", "backbone_kind", "build_backbone",
-           "check_backbone_fits"]
+__all__ = ["SD15_VAE_CONFIG", "Backbone", "BackboneConfig", "OriginalDINOv2Backbone", "TimmViTBackbone", "VAEBackbone",
+           "backbone_kind", "build_backbone", "check_backbone_fits"]
 
 PathLike = Union[str, Path]
 
@@ -195,6 +195,41 @@ class TimmViTBackbone(Backbone):
         if return_cls:
             return grid, tokens[:, 0]
         return grid
+
+
+class OriginalDINOv2Backbone(Backbone):
+    """A model of the original DINOv2 release (``facebookresearch/dinov2``'s ``DinoVisionTransformer``, as its
+    ``torch.hub`` entries return it); features are ``forward_features``' ``x_norm_patchtokens`` as an NCHW grid.
+
+    timm's ``vit_small_patch14_dinov2.lvd142m`` holds the same weights, but the two resample the 37x37 position
+    embeddings to other grids differently (the original: bicubic by scale factors offset by 0.1, no antialias;
+    timm: bicubic to the exact grid, antialiased), so their 448x448 features differ a little. Peers trained on the
+    original (LoftUp) bring it as their own backbone (``Upsampler.own_backbone``); the paper's Table 5 measures
+    the difference. The model is loaded by the caller (the peer's ``torch.hub`` loader, with its trust option).
+    """
+
+    def __init__(self, model: nn.Module, name: str = "facebookresearch/dinov2") -> None:
+        super().__init__()
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        self.model, self.name = model, name
+        patch = model.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.feature_channels = int(model.embed_dim)
+        self._set_normalisation(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)  # the release's own transforms
+        self._freeze()
+
+    def forward(self, image01: Tensor, return_cls: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """``[B, C, H/p, W/p]`` patch-token grid; with ``return_cls=True`` also the normalised ``[B, C]`` CLS token."""
+        x = self._input(image01)
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        with torch.no_grad():
+            out = self.model.forward_features(x)
+        patches = out["x_norm_patchtokens"]
+        if patches.shape[1] != h * w:
+            raise RuntimeError(f"{self.name} returned {patches.shape[1]} patch tokens for a {h}x{w} grid.")
+        grid = patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+        return (grid, out["x_norm_clstoken"]) if return_cls else grid
 
 
 class VAEBackbone(Backbone):

@@ -37,6 +37,9 @@ PAPER: dict[str, dict[str, Any]] = {
                "cityscapes": (60.50, 93.12), "depth": (60.01, 0.66)},
     "loftup": {"params": 4.3, "ms": 223.5, "coco": (62.19, 81.35), "voc": (84.63, 96.33), "ade20k": (42.16, 75.79),
                "cityscapes": (62.09, 93.55), "depth": (58.69, 0.68)},
+    # Table 5: LoftUp with the timm ("Hugging Face") DINOv2-S/14 instead of its original one
+    "loftup-timm": {"params": 4.3, "ms": 223.5, "coco": (62.20, 81.35), "voc": (84.52, 96.30), "ade20k": (42.16, 75.77),
+                    "cityscapes": (62.17, 93.56), "depth": (58.70, 0.68)},
     "jafar": {"params": 0.7, "ms": 111.7, "coco": (61.71, 81.01), "voc": (84.38, 96.22), "ade20k": (41.96, 75.43),
               "cityscapes": (61.89, 93.52), "depth": (60.59, 0.65)},
     "anyup": {"params": 0.9, "ms": 146.7, "coco": (62.08, 81.31), "voc": (84.33, 96.23), "ade20k": (42.25, 75.80),
@@ -50,11 +53,16 @@ ROWS = {
     "lift2x": ("LiFT-2x", "uplift.upsamplers.LiFT2x", {}),
     "lift": ("LiFT", "uplift.upsamplers.LiFT", {}),
     "featup": ("FeatUp", "uplift.upsamplers.FeatUpJBU", {}),
-    "loftup": ("LoftUp", "uplift.upsamplers.LoftUp", {}),
+    "loftup": ("LoftUp", "uplift.upsamplers.LoftUp", {"backbone": "original"}),
+    "loftup-timm": ("LoftUp + timm backbone", "uplift.upsamplers.LoftUp", {"backbone": "task"}),
     "jafar": ("JAFAR", "uplift.upsamplers.JAFAR", {}),
     "anyup": ("AnyUp", "uplift.upsamplers.AnyUp", {}),
     "uplift": ("UPLiFT", "uplift.upsamplers.UPLiFTUpsampler", {"weights": "dinov2-s14"}),
 }
+#: The paper's Table 1 (Table 5 adds ``loftup-timm``).
+DEFAULT_ROWS = [row for row in ROWS if row != "loftup-timm"]
+#: Peer rows whose code torch.hub downloads and runs: ``--trust-peer-repos`` opts in for all of them.
+HUB_ROWS = ("anyup", "loftup", "loftup-timm", "featup")
 TINY_ROOTS = {"coco": "tests/data/cocostuff", "voc": "tests/data/voc", "ade20k": "tests/data/ade20k",
               "cityscapes": "tests/data/cityscapes", "depth": "tests/data/cocostuff"}
 DATASETS = {  # name -> (column title, metric keys, full config, tiny config)
@@ -74,6 +82,8 @@ class Plan:
     uplift_weights: Optional[str] = None
     lift_weights: Optional[str] = None
     extra: list[str] = field(default_factory=list)
+    #: ``--trust-peer-repos``, ``--jafar-repo``, ``--jafar-weights``: what the peer rows need (see the README)
+    peer_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def weights(self, row: str) -> Optional[str]:
         """The weights the driver gives a trained row (``uplift``: ours or released; LiFT rows: the trained LiFT)."""
@@ -99,7 +109,7 @@ class Plan:
 
 def _row_args(plan: Plan, row: str) -> list[str]:
     _, class_path, init = ROWS[row]
-    init = dict(init)
+    init = {**init, **plan.peer_args.get(row, {})}
     if plan.weights(row):
         init["weights"] = plan.weights(row)
     args = [f"--model.init_args.upsampler.class_path={class_path}"]
@@ -152,7 +162,7 @@ def time_row(plan: Plan, row: str) -> dict[str, Any]:
     from uplift.upsamplers import UpsamplerUnavailableError
 
     _, class_path, init = ROWS[row]
-    init = dict(init)
+    init = {**init, **plan.peer_args.get(row, {})}
     if plan.weights(row):
         init["weights"] = plan.weights(row)
     try:
@@ -234,17 +244,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=("full", "tiny"), default="full")
     parser.add_argument("--results", default="results", help="output folder (cells are cached in <results>/table1/)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS),
+                        help="rows to compute (default: the paper's Table 1; loftup-timm is Table 5's other LoftUp)")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--uplift-weights", default=None, help="UPLiFT row: release name, save_pretrained dir or .ckpt "
                         "(default: the released dinov2-s14)")
     parser.add_argument("--lift-weights", default=None, help="LiFT rows: a trained LiFT (.ckpt or save_lift folder); "
                         "default: trained once with configs/lift_dinov2_s14.yaml into <results>/table1/lift/ (set its "
                         "ImageNet root in that config)")
+    parser.add_argument("--trust-peer-repos", action="store_true",
+                        help=f"let torch.hub download and RUN the code of the peers' GitHub repositories ({', '.join(HUB_ROWS)} "
+                        f"rows: `trust_repo: true`); without it torch.hub runs only repositories it already trusts")
+    parser.add_argument("--jafar-repo", default=None, help="JAFAR row: a local checkout of PaulCouairon/JAFAR (its code "
+                        "is imported and run; JAFAR has no torch.hub entry)")
+    parser.add_argument("--jafar-weights", default=None, help="JAFAR row: its released weights (path or URL; default: "
+                        "the release URL)")
     args, extra = parser.parse_known_args(argv)  # the rest goes to every `uplift fit/test`, e.g. --data.init_args.root
     tiny = args.scale == "tiny"
+    peer_args: dict[str, dict[str, Any]] = {row: {"trust_repo": True} for row in HUB_ROWS if args.trust_peer_repos}
+    jafar = {k: v for k, v in (("repo", args.jafar_repo), ("weights", args.jafar_weights)) if v}
+    if jafar:
+        peer_args["jafar"] = jafar
     plan = Plan(args.scale, results_dir(args.results, tiny), args.rows, args.datasets, args.uplift_weights,
-                args.lift_weights, extra)
+                args.lift_weights, extra, peer_args)
 
     from tqdm import tqdm
 
