@@ -212,3 +212,40 @@ def test_cli_test_needs_a_trained_probe_then_evaluates_it(tmp_path: Path, monkey
     cli = run_cli(["test", *args])  # no --ckpt_path: the config's probe_checkpoint is loaded
     assert torch.equal(cli.model.probe.weight.cpu(), checkpoint["state_dict"]["probe.weight"])
     assert {"test/mIoU", "test/acc"} <= set(cli.trainer.callback_metrics)
+
+
+def test_features_are_float32_by_default_and_bfloat16_is_an_option() -> None:
+    """JAFAR's probes ran in float32: no autocast unless ``autocast_dtype`` asks for it."""
+    seen = {}
+
+    class Spy(ups.Bilinear):
+        def forward(self, image, features, output_size):
+            seen["autocast"] = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), features.dtype)
+            return super().forward(image, features, output_size)
+
+    image = torch.rand(1, 3, 56, 56)
+    task = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, upsampler=Spy(), feature_size=56)
+    with torch.no_grad():
+        logits = task(image)
+    assert seen["autocast"][0] is False and seen["autocast"][2] == torch.float32 and logits.dtype == torch.float32
+    fast = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, upsampler=Spy(), feature_size=56,
+                                 autocast_dtype="bfloat16")
+    with torch.no_grad():
+        fast(image)
+    assert seen["autocast"][:2] == (True, torch.bfloat16)
+    with pytest.raises(ValueError, match="schedule_interval"):
+        SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, feature_size=56, schedule_interval="iteration")
+
+
+@pytest.mark.parametrize("name", ["voc", "coco", "ade20k", "cityscapes"])
+def test_paper_probe_configs_are_the_protocol(name: str) -> None:
+    import yaml
+
+    from tests.conftest import REPO
+
+    config = yaml.safe_load((REPO / "configs" / f"probe_{name}.yaml").read_text())
+    model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
+    assert (model["lr"], model["weight_decay"], model["schedule_interval"], model["autocast_dtype"]) == \
+        (5e-4, 1e-5, "epoch", None)
+    assert (trainer["max_epochs"], trainer["precision"]) == (20, "32-true")
+    assert (data["image_size"], data["batch_size"], data["val_batch_size"], model["feature_size"]) == (448, 2, 1, 448)
