@@ -249,3 +249,41 @@ def test_paper_probe_configs_are_the_protocol(name: str) -> None:
         (5e-4, 1e-5, "epoch", None)
     assert (trainer["max_epochs"], trainer["precision"]) == (20, "32-true")
     assert (data["image_size"], data["batch_size"], data["val_batch_size"], model["feature_size"]) == (448, 2, 1, 448)
+
+
+def test_resumed_probe_run_sees_the_same_batches_flips_and_losses(tmp_path: Path) -> None:
+    """Interrupted mid-epoch and resumed with ckpt_path: the batches (images, flipped or not, and labels) and the
+    losses equal those of one uninterrupted run (3 VOC train images at batch 1: 3 steps per epoch)."""
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from datamodules import VOCDataModule
+    from tests.conftest import REPO
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            self.seen.append((batch["name"], float(batch["image"][..., :28].sum()), float(outputs["loss"])))
+
+    def run(max_steps: int, ckpt_path=None, checkpoint=None) -> list:
+        L.seed_everything(0)
+        recorder = Recorder()
+        task = SegmentationProbeTask(num_classes=21, backbone=TINY_VIT, feature_size=56, lr=5e-2)
+        data = VOCDataModule(str(REPO / "tests" / "data" / "voc"), image_size=56, batch_size=1, num_workers=0, seed=1)
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, limit_val_batches=0,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            use_distributed_sampler=False, enable_checkpointing=checkpoint is not None,
+                            callbacks=[recorder] + ([checkpoint] if checkpoint else []))
+        trainer.fit(task, data, ckpt_path=ckpt_path)
+        return recorder.seen
+
+    from datamodules.transforms import batch_flipped
+
+    uninterrupted = run(5)  # crosses an epoch
+    flips = [batch_flipped(1, epoch, k) for epoch, k in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1))]
+    assert any(flips[2:]) and not all(flips[2:])  # the resumed part has flipped and plain batches
+    first = run(2, checkpoint=ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=2, save_top_k=-1))
+    resumed = run(5, ckpt_path=tmp_path / "ck" / "epoch=0-step=2.ckpt")
+    assert first == uninterrupted[:2]
+    assert resumed == uninterrupted[2:], (resumed, uninterrupted[2:])
