@@ -22,7 +22,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
-    "short_side_size", "short_side_center_crop", "ToFloat01", "PILNearestMask", "to_float01",
+    "short_side_center_crop", "ToFloat01", "PILNearestMask",
     "jafar_probe_transform", "batch_flipped", "da2_input", "pseudo_depth_to_target",
 ]
 
@@ -30,16 +30,10 @@ __all__ = [
 # ================================================================================ general primitives
 
 
-def short_side_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """``(h, w)`` after torchvision's ``Resize(side)``: short side ``side``, long side ``int(side * long / short)``."""
-    if height <= width:
-        return side, int(side * width / height)
-    return int(side * height / width), side
-
-
 def short_side_center_crop(side: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> v2.Compose:
-    """Short side resized to ``side`` (``Resize(int)`` semantics; on a PIL image this is PIL's antialiased
-    resampling), then the centre ``side x side`` crop. Masks follow with their own resize kernel."""
+    """Short side resized to ``side`` (torchvision's ``Resize(int)``: long side ``int(side * long / short)``;
+    on a PIL image this is PIL's antialiased resampling), then the centre ``side x side`` crop. Masks follow
+    with their own resize kernel."""
     return v2.Compose([v2.Resize(side, interpolation=interpolation, antialias=True), v2.CenterCrop(side)])
 
 
@@ -57,11 +51,6 @@ class ToFloat01(v2.Transform):
             return tv_tensors.wrap(inpt.float().div(255), like=inpt) if isinstance(inpt, tv_tensors.TVTensor) \
                 else inpt.float().div(255)
         return inpt
-
-
-def to_float01(image: Image.Image) -> Tensor:
-    """A PIL image -> ``[C, H, W]`` float32 in [0, 1], exactly as ``ToTensor`` (plain tensor)."""
-    return TF.pil_to_tensor(image).float().div(255)
 
 
 class PILNearestMask(tv_tensors.Mask):

@@ -477,3 +477,27 @@ def test_train_loader_shards_across_ranks() -> None:
         shards.append([n for batch in dm.train_dataloader() for n in batch["name"]])
     assert len(shards[0]) == len(shards[1]) == 1  # 3 images, drop_last over 2 ranks
     assert not set(shards[0]) & set(shards[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32])
+def test_pil_nearest_mask_resizes_as_pil_through_a_v2_pipeline(dtype: torch.dtype) -> None:
+    """datamodules/transforms.py's mask type: v2's Resize uses PIL NEAREST on it (uint8 'L' or int32 'I' planes),
+    every other op treats it as a Mask, and the image beside it gets PIL bilinear."""
+    from torchvision.transforms import v2
+
+    from datamodules.transforms import PILNearestMask, jafar_probe_transform
+
+    rng = np.random.default_rng(0)
+    high = 256 if dtype == torch.uint8 else 70000
+    raw = rng.integers(0, high, (2, 37, 53)).astype(np.uint8 if dtype == torch.uint8 else np.int32)
+    photo = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    image, mask = jafar_probe_transform(24)(photo, PILNearestMask(torch.from_numpy(raw)))
+    assert isinstance(mask, PILNearestMask) and mask.dtype == dtype and mask.shape == (2, 24, 24)
+    left = (int(24 * 53 / 37) - 24) // 2  # 34 wide, centre crop from column 5
+    for plane, ours in zip(raw, mask):
+        expected = np.array(Image.fromarray(plane).resize((int(24 * 53 / 37), 24), Image.NEAREST))[:, left:left + 24]
+        np.testing.assert_array_equal(ours.numpy(), expected)
+    expected_image = np.asarray(photo.resize((34, 24), Image.BILINEAR), dtype=np.float32)[:, left:left + 24] / 255
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected_image)
+    flipped = v2.RandomHorizontalFlip(p=1.0)(mask)
+    assert isinstance(flipped, PILNearestMask) and torch.equal(flipped, mask.flip(-1))
