@@ -1,30 +1,30 @@
 """COCO images with Depth-Anything-V2 pseudo-depth targets, for the depth probe of the paper's Table 1.
 
-Protocol (reference-notes section 4, "Depth probe (COCO)"): images are resized so that their short
-side is ``image_size`` (bilinear) and centre-cropped to ``image_size x image_size``; they are returned
-in [0, 1] *without* mean/std normalisation (the frozen backbone normalises its own input). Targets are
-the predictions of ``depth-anything/Depth-Anything-V2-Small-hf`` (transformers) for the whole image,
-resized bilinearly onto the same short-side-``image_size`` grid as the image and cropped the same way.
-Training batches are flipped horizontally with p=0.5, image and target together; the flips depend
-only on ``(seed, epoch, index)``, so runs (and mid-epoch resumption) are reproducible.
+Protocol (JAFAR's depth probe; ``file:line`` in ``../shared/fixtures/protocol/README.md``): images go
+through the segmentation probe's pipeline (:func:`datamodules.transforms.jafar_probe_transform`: short
+side ``image_size``, PIL bilinear, centre crop) and are returned in [0, 1]; the depth probe feeds them to
+the backbone and the upsampler *without* mean/std (``tasks.depth``). Training flips the whole batch
+horizontally with p = 0.5, one decision per batch drawn from ``(seed, epoch, batch index)``.
 
-What the targets are. Depth-Anything-V2's "relative" checkpoints (the ``-hf`` Small/Base/Large ones)
-end in a ReLU and output *relative inverse depth* (disparity-like: larger is nearer, ~0 for sky and
-far background) with an unknown per-image scale and shift, at the processor's resolution (short or
-long side 518, multiples of 14). We use that output unchanged, as the protocol describes it ("targets =
-pseudo-depth from DA-V2, resized bilinearly"; it names no conversion): the probe's head predicts a
-value in [1e-3, 10] (the expectation over 256 bins) and the loss and metrics only count pixels with
-``1e-3 < target < 10``, so sky pixels where DA-V2 outputs ~0 drop out by construction. We do *not*
-invert it to depth: ``1 / disparity`` is unbounded exactly there, its scale would be as arbitrary,
-and any conversion would make delta1/RMSE incomparable with Table 1's. The scale-invariant log loss
-ignores a global scale; delta1 and RMSE do not, so the probe also learns the scale of DA-V2's output.
+Targets are what JAFAR's ``process_batch`` computes (train_probes.py:201-212): Depth-Anything-V2-Small
+(``depth-anything/Depth-Anything-V2-Small-hf``, transformers) run on the *crop the probe sees*, as
+``(255 * image).astype(uint8)`` through the model's image processor, its ``predicted_depth`` resized
+bilinearly (``align_corners=False``, no antialias) to ``image_size``. JAFAR flips the image first and runs
+the model on the flipped image, and ``DA(flip(x)) != flip(DA(x))``, so a training image's cache holds both
+targets, ``DA(x)`` and ``DA(flip(x))``, and a flipped batch takes the second one: every cached target equals
+the published computation for that crop and that flip (up to the model's batch composition).
+
+What the targets are. Depth-Anything-V2's "relative" checkpoints end in a ReLU and output *relative
+inverse depth* (disparity-like: larger is nearer, ~0 for sky) with an unknown per-image scale and shift.
+JAFAR uses that output unchanged as the depth label, with its max_depth = 10 masks (loss ``0 < gt <= 10``,
+metrics ``1e-3 < gt < 10``), and so do we: any conversion would make delta1/RMSE incomparable with Table 1.
 
 Targets are computed once per image in :meth:`COCODepthDataModule.prepare_data` (rank 0 only under
-DDP; a progress bar reports it) and cached as ``<cache_dir>/<split>/<file stem>.npy`` (float16,
-``image_size x image_size``: ~0.4 MB an image at 448, ~20 GB for the curated train split). A run
-whose targets are all cached never loads the depth model (nor transformers). ``cache_dir`` also
-holds ``targets.json`` (model and image size) so that a cache made for another model or size is
-refused instead of silently reused.
+DDP; a progress bar reports it) and cached as ``<cache_dir>/<split>/<file stem>.npy``: ``[2, S, S]`` for
+train (plain, flipped input), ``[1, S, S]`` for val, ``float32`` (``cache_dtype: float16`` halves the
+~1.6 MB a training image takes at 448, at the cost of exactness). A run whose targets are all cached never
+loads the depth model (nor transformers). ``cache_dir`` also holds ``targets.json`` (model, image size,
+protocol, dtype) so that a cache made otherwise is refused instead of silently reused.
 """
 
 from __future__ import annotations
@@ -32,20 +32,23 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.images import load_rgb
 from datamodules.sampling import ShardedDataModule
+from datamodules.transforms import batch_flipped, da2_input, jafar_probe_transform, pseudo_depth_to_target
 from uplift.hub import WeightsUnavailableError
 
-__all__ = ["COCODepthDataModule", "DepthDataset", "build_depth_model", "coco_split_images", "DA_V2_PROCESSOR"]
+__all__ = ["COCODepthDataModule", "DepthDataset", "build_depth_model", "coco_split_images", "pseudo_depth_targets",
+           "DA_V2_PROCESSOR", "TARGET_PROTOCOL"]
+
+#: Recorded in a cache's ``targets.json``: how its targets were made (a cache made otherwise is refused).
+TARGET_PROTOCOL = "jafar: DA-v2 on the (255 * crop).astype(uint8) and on its mirror, bilinear to the crop size"
 
 
 #: COCO 2017 image folders under ``<root>/images/`` for our splits (``test`` scores ``val``).
@@ -101,30 +104,18 @@ def coco_split_images(root: Union[str, Path], split: str) -> list[Path]:
     return files
 
 
-# ---------------------------------------------------------------------------------------- geometry
+# ---------------------------------------------------------------------------------------- targets
 
 
-def short_side_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """Output size of torchvision's ``Resize(side)``: short side ``side``, long side ``int(side * long / short)``."""
-    if height <= width:
-        return side, int(side * width / height)
-    return int(side * height / width), side
-
-
-def image_to_tensor(image: Image.Image, side: int) -> Tensor:
-    """Short side ``side`` (bilinear) + centre crop; ``[3, side, side]`` in [0, 1], not normalised."""
-    resized = image.resize(short_side_size(image.height, image.width, side)[::-1], Image.BILINEAR)
-    tensor = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-    return TF.center_crop(tensor, [side, side])
-
-
-def depth_to_target(depth: Tensor, image_hw: tuple[int, int], side: int) -> Tensor:
-    """A ``[h, w]`` depth map of the whole image -> ``[side, side]``: bilinearly resized onto the image's
-    short-side-``side`` grid (computed from the image's own size) and centre-cropped as the image is."""
-    size = short_side_size(image_hw[0], image_hw[1], side)
-    resized = torch.nn.functional.interpolate(depth[None, None].float(), size=size, mode="bilinear",
-                                              align_corners=False, antialias=True)
-    return TF.center_crop(resized, [side, side])[0, 0]
+@torch.no_grad()
+def pseudo_depth_targets(model: Any, processor: Any, images01: Tensor) -> Tensor:
+    """JAFAR's targets for a batch of probe images ``[B, 3, S, S]`` in [0, 1]: Depth-Anything-V2 on
+    ``(255 * image).astype(uint8)`` (through its image processor), ``predicted_depth`` resized bilinearly to
+    ``S x S`` (train_probes.py:201-212) -> ``[B, S, S]`` float32 on the CPU."""
+    device = next(model.parameters()).device
+    pixels = processor(images=list(da2_input(images01)), return_tensors="pt")["pixel_values"].to(device)
+    predicted = model(pixel_values=pixels).predicted_depth
+    return pseudo_depth_to_target(predicted, images01.shape[-2:])[:, 0].float().cpu()
 
 
 # ---------------------------------------------------------------------------------------- depth model
@@ -174,20 +165,21 @@ def _identity(sample: Any) -> Any:
     return sample
 
 
-class _RawImages(Dataset):
-    """Decoded RGB images (PIL) for the depth model, in DataLoader workers."""
+class _ProbeImages(Dataset):
+    """The probe's images (the protocol's crop, [0, 1]) for the depth model, decoded in DataLoader workers."""
 
-    def __init__(self, files: Sequence[Path]) -> None:
-        self.files = list(files)
+    def __init__(self, files: Sequence[Path], image_size: int) -> None:
+        self.files, self.transform = list(files), jafar_probe_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[Path, Image.Image]:
+    def __getitem__(self, index: int) -> tuple[Path, Tensor]:
         try:
-            return self.files[index], load_rgb(self.files[index])
+            image = load_rgb(self.files[index])
         except Exception as err:
             raise ValueError(f"Cannot read image {self.files[index]} ({type(err).__name__}: {err}).") from err
+        return self.files[index], self.transform(image)
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -196,31 +188,36 @@ class _RawImages(Dataset):
 class DepthDataset(Dataset):
     """``{"image": [3, S, S] in [0, 1], "depth": [S, S], "name": stem}`` from images and cached targets.
 
-    ``train=True`` adds the horizontal flip (image and target together), drawn from ``(seed, epoch,
-    index)`` alone as the segmentation datasets do; the training sampler yields ``(epoch, index)``."""
+    ``train=True`` adds the per-batch horizontal flip: indexed with the ``(epoch, batch index, index)``
+    triples of :class:`~datamodules.sampling.EpochBatchSampler`, a flipped batch gets mirrored images and
+    the targets Depth-Anything-V2 gave for the mirrored images (the cache's second map)."""
 
     def __init__(self, files: Sequence[Path], target_dir: Path, image_size: int, train: bool = False,
                  seed: int = 0) -> None:
         self.files, self.target_dir, self.image_size = list(files), Path(target_dir), image_size
         self.train, self.seed = train, seed
+        self.transform = jafar_probe_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def flipped(self, index: int, epoch: int = 0) -> bool:
-        """Whether sample ``index`` is flipped in ``epoch`` (always False for evaluation)."""
-        return self.train and bool(np.random.default_rng([self.seed, epoch, index]).random() < 0.5)
+    def flipped(self, epoch: int, batch_index: int) -> bool:
+        """Whether training batch ``batch_index`` of ``epoch`` is flipped (always False for evaluation)."""
+        return self.train and batch_flipped(self.seed, epoch, batch_index)
 
-    def __getitem__(self, item: Union[int, tuple[int, int]]) -> dict[str, Any]:
-        epoch, index = item if isinstance(item, tuple) else (0, item)
-        file = self.files[index]
-        image = image_to_tensor(load_rgb(file), self.image_size)
-        depth = torch.from_numpy(np.load(self.target_dir / f"{file.stem}.npy").astype(np.float32))
-        if depth.shape != image.shape[-2:]:
-            raise ValueError(f"Cached target {self.target_dir / file.stem}.npy is {tuple(depth.shape)}, expected "
-                             f"{tuple(image.shape[-2:])}: the cache was made for another image_size.")
-        if self.flipped(index, epoch):
-            image, depth = image.flip(-1), depth.flip(-1)
+    def __getitem__(self, item: Union[int, tuple[int, int, int]]) -> dict[str, Any]:
+        flip = isinstance(item, tuple) and self.flipped(item[0], item[1])
+        file = self.files[item[-1] if isinstance(item, tuple) else item]
+        image = self.transform(load_rgb(file))
+        path = self.target_dir / f"{file.stem}.npy"
+        targets = np.load(path, mmap_mode="r")
+        expected = (2 if self.train else 1, *image.shape[-2:])
+        if targets.shape != expected:
+            raise ValueError(f"Cached target {path} is {tuple(targets.shape)}, expected {expected}: the cache was made "
+                             f"for another image_size or by an older version; set another `data.cache_dir`.")
+        depth = torch.from_numpy(np.array(targets[1 if flip else 0], dtype=np.float32))
+        if flip:
+            image = image.flip(-1)  # the target is already DA-v2's output for the mirrored image
         return {"image": image, "depth": depth, "name": file.stem}
 
 
@@ -241,6 +238,7 @@ class COCODepthDataModule(ShardedDataModule):
         batch_size / val_batch_size: training (2) and evaluation (1) batch sizes.
         num_workers: DataLoader workers (also used to decode images while computing targets).
         seed: shuffling and flips.
+        cache_dtype: ``float32`` (the targets exactly as computed) or ``float16`` (half the disk).
         max_train_images / max_val_images: keep only the first N images of a split.
     """
 
@@ -257,8 +255,11 @@ class COCODepthDataModule(ShardedDataModule):
         seed: int = 0,
         max_train_images: Optional[int] = None,
         max_val_images: Optional[int] = None,
+        cache_dtype: Literal["float32", "float16"] = "float32",
     ) -> None:
         super().__init__()
+        if cache_dtype not in ("float32", "float16"):
+            raise ValueError(f"data.cache_dtype must be 'float32' or 'float16', got {cache_dtype!r}.")
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else Path(root).expanduser() / "depth_targets"
         self.datasets: dict[str, DepthDataset] = {}
@@ -280,7 +281,7 @@ class COCODepthDataModule(ShardedDataModule):
         hp = self.hparams
         source = {"depth_model": ("random:" + json.dumps(hp.depth_model_config, sort_keys=True))
                   if hp.depth_model_config is not None else Path(hp.depth_model).name,
-                  "image_size": hp.image_size}
+                  "image_size": hp.image_size, "protocol": TARGET_PROTOCOL, "dtype": hp.cache_dtype}
         meta = self.cache_dir / "targets.json"
         if meta.is_file():
             found = json.loads(meta.read_text())
@@ -317,15 +318,14 @@ class COCODepthDataModule(ShardedDataModule):
                 continue
             folder = self.target_dir(split)
             folder.mkdir(parents=True, exist_ok=True)
-            loader = DataLoader(_RawImages(files), batch_size=None, num_workers=hp.num_workers, collate_fn=_identity)
+            loader = DataLoader(_ProbeImages(files, hp.image_size), batch_size=None, num_workers=hp.num_workers,
+                                collate_fn=_identity)
             for file, image in tqdm(loader, total=len(files), desc=f"Depth-Anything-V2 targets ({split})", unit="img"):
-                inputs = processor(images=image, return_tensors="pt")["pixel_values"].to(device)
-                with torch.no_grad():
-                    depth = model(pixel_values=inputs).predicted_depth[0]
-                target = depth_to_target(depth.cpu(), (image.height, image.width), hp.image_size)
+                views = torch.stack([image, image.flip(-1)]) if split == "train" else image[None]
+                targets = pseudo_depth_targets(model, processor, views)
                 tmp = folder / f".{file.stem}.npy.tmp"
                 with open(tmp, "wb") as handle:  # write-then-rename: an interrupted run leaves no partial file
-                    np.save(handle, target.numpy().astype(np.float16))
+                    np.save(handle, targets.numpy().astype(hp.cache_dtype))
                 os.replace(tmp, folder / f"{file.stem}.npy")
 
     def setup(self, stage: str) -> None:
@@ -345,8 +345,8 @@ class COCODepthDataModule(ShardedDataModule):
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
-        # the dataset draws each flip from (seed, epoch, index): the sampler passes the epoch along
-        return self.train_loader(self.datasets["train"], self.hparams.batch_size, epoch_tagged=True)
+        # one flip per batch, drawn from (seed, epoch, batch index): the batch sampler tags every index
+        return self.train_loader(self.datasets["train"], self.hparams.batch_size, batch_tagged=True)
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_loader(self.datasets["val"], self.hparams.val_batch_size)

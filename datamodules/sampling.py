@@ -13,9 +13,9 @@ from typing import Callable, Iterator, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-__all__ = ["EpochIndexSampler", "ResumableSampler", "ShardedDataModule"]
+__all__ = ["EpochBatchSampler", "EpochIndexSampler", "ResumableSampler", "ShardedDataModule"]
 
 
 class ResumableSampler(Sampler[int]):
@@ -64,6 +64,21 @@ class EpochIndexSampler(ResumableSampler):
         return ((epoch, index) for index in super().__iter__())
 
 
+class EpochBatchSampler(BatchSampler):
+    """Batches of a :class:`ResumableSampler` whose items are ``(epoch, batch index, index)`` triples, so that
+    datasets can draw per-*batch* randomness (one flip for the whole batch) from the seed, epoch and batch
+    index alone. After a mid-epoch resume the count continues where the interrupted run stopped; under DDP
+    every rank's k-th batch has index k, so a batch split across ranks makes one decision."""
+
+    sampler: ResumableSampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:  # type: ignore[override]
+        epoch = self.sampler.epoch
+        first = self.sampler.resume_skip // self.batch_size if epoch == self.sampler.resume_epoch else 0
+        for number, batch in enumerate(super().__iter__(), start=first):
+            yield [(epoch, number, index) for index in batch]
+
+
 class ShardedDataModule(L.LightningDataModule):
     """Base of our datamodules: loaders that shard across DDP ranks themselves and resume exactly.
 
@@ -76,16 +91,19 @@ class ShardedDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool,
-                collate_fn: Optional[Callable]) -> DataLoader:
+                collate_fn: Optional[Callable], batch_sampler: Optional[Sampler] = None) -> DataLoader:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                          persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+        batching = dict(batch_sampler=batch_sampler) if batch_sampler is not None else \
+            dict(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+        return DataLoader(dataset, num_workers=workers, collate_fn=collate_fn, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available(), **batching)
 
     def train_loader(self, dataset: Dataset, batch_size: int, *, epoch_tagged: bool = False,
-                     collate_fn: Optional[Callable] = None) -> DataLoader:
+                     batch_tagged: bool = False, collate_fn: Optional[Callable] = None) -> DataLoader:
         """Shuffled, rank-sharded, last partial batch dropped; after a mid-epoch ``--ckpt_path``
         resume it skips the samples the interrupted run consumed. ``epoch_tagged``: the dataset
-        receives ``(epoch, index)`` pairs (:class:`EpochIndexSampler`)."""
+        receives ``(epoch, index)`` pairs (:class:`EpochIndexSampler`); ``batch_tagged``: ``(epoch,
+        batch index, index)`` triples (:class:`EpochBatchSampler`)."""
         rank, world = self.rank_world()
         epoch, done = 0, 0
         if self.trainer is not None:  # Lightning restores the batch counter but restarts the loader
@@ -94,7 +112,8 @@ class ShardedDataModule(L.LightningDataModule):
         sampler_class = EpochIndexSampler if epoch_tagged else ResumableSampler
         sampler = sampler_class(len(dataset), shuffle=True, seed=self.hparams.seed, rank=rank, world_size=world,
                                 drop_last=True, resume_epoch=epoch, resume_skip=done * batch_size)
-        return self._loader(dataset, batch_size, sampler, True, collate_fn)
+        batches = EpochBatchSampler(sampler, batch_size, drop_last=True) if batch_tagged else None
+        return self._loader(dataset, batch_size, sampler, True, collate_fn, batches)
 
     def eval_loader(self, dataset: Dataset, batch_size: int, *, shard: bool = True,
                     collate_fn: Optional[Callable] = None) -> DataLoader:

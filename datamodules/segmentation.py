@@ -11,11 +11,12 @@ Batches are dicts::
     label  int64   [B, S, S], class ids in [0, num_classes) and 255 = ignore
     name   list[str]                        (file stem, e.g. "2007_000032")
 
-Transforms (the JAFAR protocol): image resized so its short side is S (bilinear, antialiased: PIL's
-resampling, as ``torchvision.transforms.Resize`` on PIL images in the protocol's code) and centre-cropped to
-S x S; label resized with nearest-exact (class ids must not be blended) and cropped the same way. Training
-adds a random horizontal flip (p = 0.5) of image and label together, drawn from ``(seed, epoch, index)``
-alone so that runs are reproducible and mid-epoch resumption sees the same flips.
+Transforms (the JAFAR protocol, :func:`datamodules.transforms.jafar_probe_transform`): image resized so its
+short side is S (PIL bilinear, antialiased) and centre-cropped to S x S; label resized with PIL NEAREST (what
+``Resize(NEAREST_EXACT)`` does to the PIL label there) and cropped the same way. Training flips the *whole
+batch* horizontally with p = 0.5, images and labels together (JAFAR's per-iteration coin), the decision drawn
+from ``(seed, epoch, batch index)`` alone so that runs are reproducible and mid-epoch resumption sees the same
+flips (:class:`datamodules.sampling.EpochBatchSampler` tells every sample its batch).
 
 Unreadable files are errors, never skipped: the probe's numbers are accumulated over the whole val split, and
 silently dropping an image would change the metric without anyone noticing.
@@ -28,12 +29,11 @@ from typing import Any, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import InterpolationMode
 
 from datamodules.sampling import ShardedDataModule
+from datamodules.transforms import PILNearestMask, batch_flipped, jafar_probe_transform
 
 __all__ = [
     "IGNORE_INDEX",
@@ -146,43 +146,39 @@ class SegmentationDataset(Dataset):
     """(image, label) file pairs with the protocol's transforms.
 
     ``label_table[raw value]`` is the class id (255 = ignore; values past the table's end -> 255): a plain
-    array, cheap to send to worker processes. ``train=True`` adds the horizontal flip, drawn from
-    ``(seed, epoch, index)``: the index may be an int (epoch 0) or an ``(epoch, index)`` pair, as yielded by the
-    train loader's sampler. Using a pure function of these instead of a worker's RNG makes the flips
-    independent of the number of workers and of resumption.
+    array, cheap to send to worker processes. ``train=True`` adds the per-batch horizontal flip: the index
+    may be an int (never flipped) or an ``(epoch, batch index, index)`` triple, as the train loader's
+    :class:`~datamodules.sampling.EpochBatchSampler` yields them; every sample of a batch then makes the
+    same, seeded decision (:func:`~datamodules.transforms.batch_flipped`), independent of workers and resumption.
     """
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], image_size: int, label_table: np.ndarray,
                  train: bool = False, seed: int = 0) -> None:
         self.pairs, self.image_size, self.label_table = list(pairs), image_size, label_table
         self.train, self.seed = train, seed
+        self.transform = jafar_probe_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def flipped(self, index: int, epoch: int = 0) -> bool:
-        """Whether sample ``index`` is flipped in ``epoch`` (always False for evaluation)."""
-        if not self.train:
-            return False
-        return bool(np.random.default_rng([self.seed, epoch, index]).random() < 0.5)
+    def flipped(self, epoch: int, batch_index: int) -> bool:
+        """Whether training batch ``batch_index`` of ``epoch`` is flipped (always False for evaluation)."""
+        return self.train and batch_flipped(self.seed, epoch, batch_index)
 
-    def __getitem__(self, item: Union[int, tuple[int, int]]) -> dict[str, Any]:
-        epoch, index = item if isinstance(item, tuple) else (0, item)
+    def __getitem__(self, item: Union[int, tuple[int, int, int]]) -> dict[str, Any]:
+        flip = isinstance(item, tuple) and self.flipped(item[0], item[1])
+        index = item[-1] if isinstance(item, tuple) else item
         image_path, label_path = self.pairs[index]
         image = _read(image_path, "image")
         label_img = _read(label_path, "label")
         if image.size != label_img.size:
             raise ValueError(f"Image {image_path} is {image.size[0]}x{image.size[1]} but its label {label_path} is "
                              f"{label_img.size[0]}x{label_img.size[1]} (W x H); they must match.")
-        label = _lookup(self.label_table, _label_array(label_img, label_path))
-        label = torch.from_numpy(label)[None]  # [1, H, W] uint8: class ids, 255 = ignore
-
-        size = self.image_size
-        image = TF.center_crop(TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True), size)
-        label = TF.center_crop(TF.resize(label, size, interpolation=InterpolationMode.NEAREST_EXACT), size)
-        image_t = TF.pil_to_tensor(image).float().div_(255.0)
-        label_t = label[0].long()
-        if self.flipped(index, epoch):
+        # class ids, 255 = ignore; mapped before resizing (a pointwise map commutes with nearest resampling)
+        label = PILNearestMask(torch.from_numpy(_lookup(self.label_table, _label_array(label_img, label_path)))[None])
+        image_t, label_t = self.transform(image, label)
+        image_t, label_t = image_t.as_subclass(torch.Tensor), label_t.as_subclass(torch.Tensor)[0].long()
+        if flip:
             image_t, label_t = image_t.flip(-1), label_t.flip(-1)
         return {"image": image_t, "label": label_t, "name": image_path.stem}
 
@@ -277,8 +273,8 @@ class SegmentationDataModule(ShardedDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        # the dataset draws each flip from (seed, epoch, index): the sampler passes the epoch along
-        return self.train_loader(self.train_set, self.hparams.batch_size, epoch_tagged=True)
+        # one flip per batch, drawn from (seed, epoch, batch index): the batch sampler tags every index
+        return self.train_loader(self.train_set, self.hparams.batch_size, batch_tagged=True)
 
     def val_dataloader(self) -> DataLoader:
         """Sharded without padding: each rank scores its own images, and the metric states are summed over

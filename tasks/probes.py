@@ -1,11 +1,14 @@
 """Linear probes on frozen, upsampled features: the protocol of the paper's Table 1.
 
 The backbone and the upsampler are frozen; features are computed on the fly at 448x448 (no
-gradient, bf16 autocast on GPU) and only a 1x1 convolution is trained (reference-notes section 4:
-AdamW 5e-4, weight decay 1e-5, 20 epochs, batch 2, horizontal flip, cross-entropy ignoring 255,
-cosine schedule stepped per epoch). ``schedule_interval: step`` reproduces the JAFAR suite's
-per-iteration stepping with ``T_max = epochs`` (a bug AnyUp and UPLiFT fixed) for comparison with
-its published numbers.
+gradient; float32 as in JAFAR's suite, ``autocast_dtype: bfloat16`` for speed) and only a 1x1
+convolution is trained (reference-notes section 4: AdamW 5e-4, weight decay 1e-5, 20 epochs, batch 2,
+one horizontal flip per batch, cross-entropy ignoring 255, cosine schedule stepped per epoch).
+``schedule_interval: step`` reproduces the JAFAR suite's per-iteration stepping with ``T_max = epochs``
+(a bug AnyUp and UPLiFT fixed) for comparison with its published numbers.
+
+What the networks see is a per-task choice (:class:`FrozenFeatures`): the segmentation probe normalises
+the [0, 1] image with the backbone's mean/std, JAFAR's depth probe feeds it raw (train_probes.py:489-494).
 """
 
 from __future__ import annotations
@@ -25,36 +28,58 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from tasks.common import BackboneConfig
 from uplift.upsamplers import Bilinear, Upsampler
 
-__all__ = ["FrozenFeatures", "ProbeTask", "SegmentationProbeTask"]
+__all__ = ["AutocastDtype", "FrozenFeatures", "ProbeTask", "SegmentationProbeTask"]
+
+
+AutocastDtype = Optional[Literal["bfloat16", "float16"]]
 
 
 class FrozenFeatures(nn.Module):
     """Backbone + upsampler, frozen: ``[0, 1]`` image -> upsampled features at ``feature_size``.
 
     A row that brings its own backbone (``upsampler.own_backbone()``, e.g. LoftUp on the original DINOv2)
-    is fed by it instead of the configured one, which is then not built."""
+    is fed by it instead of the configured one, which is then not built.
 
-    def __init__(self, backbone: BackboneConfig, upsampler: Upsampler, feature_size: int = 448) -> None:
+    Args:
+        normalize: the backbone and the upsampler see the image normalised with the backbone's mean/std
+            (``True``) or the raw [0, 1] image (``False``, JAFAR's depth probe).
+        autocast_dtype: ``None`` computes the features in float32 (JAFAR's suite); ``bfloat16`` /
+            ``float16`` under autocast (faster, not the published numbers' arithmetic).
+    """
+
+    def __init__(self, backbone: BackboneConfig, upsampler: Upsampler, feature_size: int = 448,
+                 normalize: bool = True, autocast_dtype: AutocastDtype = None) -> None:
         super().__init__()
+        if autocast_dtype not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast_dtype must be null, 'bfloat16' or 'float16', got {autocast_dtype!r}.")
         own = upsampler.own_backbone()
         self.backbone = own if own is not None else backbone.build()
         upsampler.check_backbone(self.backbone)
         self.upsampler = upsampler.eval().requires_grad_(False)
-        self.feature_size = feature_size
+        self.feature_size, self.normalize, self.autocast_dtype = feature_size, normalize, autocast_dtype
 
     def train(self, mode: bool = True) -> "FrozenFeatures":  # frozen: always in eval mode
         return super().train(False)
 
+    def model_input(self, image01: Tensor) -> Tensor:
+        """The image as the backbone and the upsampler see it."""
+        return self.backbone.normalize(image01) if self.normalize else image01
+
+    def _autocast(self, device: torch.device) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=getattr(torch, self.autocast_dtype))
+
     @torch.no_grad()
     def forward(self, image01: Tensor, return_cls: bool = False) -> Any:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if image01.is_cuda else contextlib.nullcontext()
-        with autocast:
+        raw = {} if self.normalize else {"normalize": False}  # the backbone normalises unless told not to
+        with self._autocast(image01.device):
             if return_cls:
-                low, cls = self.backbone(image01, return_cls=True)
+                low, cls = self.backbone(image01, return_cls=True, **raw)
             else:
-                low, cls = self.backbone(image01), None
+                low, cls = self.backbone(image01, **raw), None
             size = (self.feature_size, self.feature_size)
-            dense = self.upsampler(self.backbone.normalize(image01), low, size).float()
+            dense = self.upsampler(self.model_input(image01), low, size).float()
         return (dense, cls.float()) if return_cls else dense
 
 
@@ -67,14 +92,19 @@ class ProbeTask(L.LightningModule):
         feature_size: side of the dense features and of the images (448).
         probe_checkpoint: the trained probe that ``uplift test`` evaluates when no ``--ckpt_path`` is
             given (``uplift fit`` writes it through the config's checkpoint callback).
+        normalize_input / autocast_dtype: see :class:`FrozenFeatures`.
     """
 
     def __init__(self, backbone: BackboneConfig, upsampler: Optional[Upsampler], feature_size: int,
                  probe_checkpoint: Optional[str], metrics: MetricCollection, lr: float, weight_decay: float,
-                 schedule_interval: str) -> None:
+                 schedule_interval: str, normalize_input: bool = True, autocast_dtype: AutocastDtype = None) -> None:
         super().__init__()
+        if schedule_interval not in ("epoch", "step"):
+            raise ValueError(f"schedule_interval must be 'epoch' (cosine over the epochs) or 'step' (JAFAR's "
+                             f"per-iteration stepping), got {schedule_interval!r}.")
         self.backbone_config = backbone
-        self.features = FrozenFeatures(backbone, upsampler if upsampler is not None else Bilinear(), feature_size)
+        self.features = FrozenFeatures(backbone, upsampler if upsampler is not None else Bilinear(), feature_size,
+                                       normalize=normalize_input, autocast_dtype=autocast_dtype)
         self.probe_checkpoint = probe_checkpoint
         self.lr, self.weight_decay, self.schedule_interval = lr, weight_decay, schedule_interval
         self.val_metrics = metrics.clone(prefix="val/")
@@ -134,7 +164,9 @@ class SegmentationProbeTask(ProbeTask):
     """A 1x1 conv probe on upsampled features; mIoU (macro over present classes) and pixel accuracy.
 
     Metrics are torchmetrics' multiclass Jaccard index and accuracy with ``ignore_index=255``,
-    accumulated over the whole evaluation split and synchronised across DDP ranks.
+    accumulated over the whole evaluation split and synchronised across DDP ranks. The backbone and the
+    upsampler see the image normalised with the backbone's mean/std (JAFAR: the timm data config's).
+    ``autocast_dtype``: ``null`` (float32, default) or ``bfloat16`` features.
     """
 
     def __init__(
@@ -147,12 +179,14 @@ class SegmentationProbeTask(ProbeTask):
         weight_decay: float = 1e-5,
         schedule_interval: Literal["epoch", "step"] = "epoch",
         probe_checkpoint: Optional[str] = None,
+        autocast_dtype: AutocastDtype = None,
     ) -> None:
         metrics = MetricCollection({
             "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=255),
             "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=255),
         })
-        super().__init__(backbone, upsampler, feature_size, probe_checkpoint, metrics, lr, weight_decay, schedule_interval)
+        super().__init__(backbone, upsampler, feature_size, probe_checkpoint, metrics, lr, weight_decay,
+                         schedule_interval, normalize_input=True, autocast_dtype=autocast_dtype)
         self.num_classes = num_classes
         self.probe = nn.Conv2d(self.features.backbone.feature_channels, num_classes, kernel_size=1)
 

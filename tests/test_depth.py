@@ -1,4 +1,7 @@
-"""The COCO depth probe: metrics, losses, head, pseudo-depth targets and their cache, CLI fit/test, learning.
+"""The COCO depth probe (JAFAR's protocol): metrics, losses, warm-up, head, input, targets and their cache, CLI.
+
+The exact parity with JAFAR's published code is checked on its fixtures by tests/protocol/jafar_depth_loss.py;
+these tests pin the behaviour by hand-computed examples, independent numpy code and the options.
 
 Data: the generated COCO layout of tests/data/cocostuff (3 curated train + 2 curated val 64x48 JPEGs, one
 uncurated image per split). Targets come from a random tiny Depth-Anything model (tests/conf/depth.yaml's
@@ -18,19 +21,15 @@ import yaml
 from PIL import Image
 
 import datamodules.depth as depth_data
-from datamodules.depth import (
-    COCODepthDataModule,
-    build_depth_model,
-    coco_split_images,
-    depth_to_target,
-    image_to_tensor,
-)
+from datamodules.depth import COCODepthDataModule, build_depth_model, coco_split_images
+from datamodules.transforms import batch_flipped, jafar_probe_transform
 from tasks import BackboneConfig
-from tasks.depth import DepthDelta1, DepthProbeTask, DepthRMSE, depth_loss, gradient_loss, silog_loss
+from tasks.depth import DEPTH_METRICS, DepthLoss, DepthMetric, DepthProbeTask, GradientLoss, SigLoss
 from tests.conftest import REPO
 from tasks.cli import user_error, main, run_cli
+from uplift.imageio import load_rgb
 from uplift.hub import WeightsUnavailableError
-from uplift.upsamplers import Bilinear
+from uplift.upsamplers import Bilinear, Upsampler
 
 CONF = REPO / "tests" / "conf" / "depth.yaml"
 COCO = REPO / "tests" / "data" / "cocostuff"
@@ -52,172 +51,215 @@ def datamodule(cache_dir: Path, **kwargs) -> COCODepthDataModule:
 
 
 def prefill_ramp(cache_dir: Path, size: int = 56, left_to_right: bool = False) -> np.ndarray:
-    """A pre-filled cache: the same depth ramp (0.5 -> 4, top to bottom) for every image of both splits."""
-    ramp = np.repeat(np.linspace(0.5, 4.0, size, dtype=np.float32)[:, None], size, axis=1).astype(np.float16)
+    """A pre-filled cache: the same depth ramp (0.5 -> 4, top to bottom) for every image of both splits; a train
+    image's second map (the target for its mirror image) is the mirrored ramp."""
+    ramp = np.repeat(np.linspace(0.5, 4.0, size, dtype=np.float32)[:, None], size, axis=1)
     ramp = ramp.T.copy() if left_to_right else ramp
     for split in ("train", "val"):
         (cache_dir / split).mkdir(parents=True, exist_ok=True)
+        maps = np.stack([ramp, ramp[:, ::-1]]) if split == "train" else ramp[None]
         for file in coco_split_images(COCO, split):
-            np.save(cache_dir / split / f"{file.stem}.npy", ramp)
+            np.save(cache_dir / split / f"{file.stem}.npy", maps)
     return ramp
 
 
 # ---------------------------------------------------------------------------------------- metrics
 
 
-def numpy_depth_metrics(preds: list[np.ndarray], gts: list[np.ndarray]) -> tuple[float, float]:
-    """delta1 and RMSE per image over 1e-3 < gt < 10, averaged over images with a valid pixel."""
-    d1, rmse = [], []
-    for p, g in zip(preds, gts):
-        v = (g > 1e-3) & (g < 10)
-        if v.any():
-            d1.append(np.mean(np.maximum(p[v] / g[v], g[v] / p[v]) < 1.25))
-            rmse.append(np.sqrt(np.mean((p[v] - g[v]) ** 2)))
-    return float(np.mean(d1)), float(np.mean(rmse))
+def numpy_eval_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """JAFAR's eval_metrics, written out in numpy float64 (train_probes.py:31-67): pixels 1e-3 < gt < 10 pooled."""
+    mask = (gt > 1e-3) & (gt < 10)
+    gt, pred = gt[mask].astype(np.float64), pred[mask].astype(np.float64)
+    thresh = np.maximum(gt / pred, pred / gt)
+    err = np.log(pred) - np.log(gt)
+    return {
+        "delta1": (thresh < 1.25).mean(), "delta2": (thresh < 1.25**2).mean(), "delta3": (thresh < 1.25**3).mean(),
+        "abs_rel": np.mean(np.abs(gt - pred) / gt), "sq_rel": np.mean((gt - pred) ** 2 / gt),
+        "rmse": np.sqrt(np.mean((gt - pred) ** 2)), "rmse_log": np.sqrt(np.mean((np.log(gt) - np.log(pred)) ** 2)),
+        "log_10": np.mean(np.abs(np.log10(gt) - np.log10(pred))),
+        "silog": np.sqrt(np.mean(err**2) - np.mean(err) ** 2) * 100,
+    }
 
 
 GT_A = np.array([[1.0, 2.0, 0.0], [11.0, 10.0, 4.0]])  # valid: 1, 2, 4 (0, 11 and exactly 10 are not)
 PRED_A = np.array([[1.2, 3.0, 5.0], [1.0, 1.0, 4.5]])  # ratios 1.2, 1.5, 1.125 -> delta1 2/3
 GT_B = np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.001]])  # 5 valid (exactly 1e-3 is not)
 PRED_B = np.array([[0.8, 0.7, 0.55], [0.3, 0.5, 9.0]])  # ratios 1.6, 1.4, 1.1, 1.67, 1 -> 2/5
-GT_EMPTY = np.zeros((2, 3))  # no valid pixel: skipped, not counted as an image
+GT_EMPTY = np.zeros((2, 3))  # no valid pixel
 
 
-def test_depth_metrics_are_per_image_means() -> None:
-    delta1, rmse = DepthDelta1(), DepthRMSE()
-    for metric in (delta1, rmse):
-        metric.update(torch.tensor(np.stack([PRED_A, PRED_B])), torch.tensor(np.stack([GT_A, GT_B])))
-        metric.update(torch.tensor(PRED_A)[None], torch.tensor(GT_EMPTY)[None])
-    expected_d1, expected_rmse = numpy_depth_metrics([PRED_A, PRED_B], [GT_A, GT_B])
-    assert float(delta1.compute()) == pytest.approx(expected_d1, abs=1e-6)
-    assert float(rmse.compute()) == pytest.approx(expected_rmse, abs=1e-6)
-    # by hand: image A 2/3 and sqrt((0.04 + 1 + 0.25) / 3); image B 2/5 and sqrt((0.09 + 0.04 + 0.0025 + 0.04 + 0) / 5)
-    assert expected_d1 == pytest.approx((2 / 3 + 2 / 5) / 2)
-    assert expected_rmse == pytest.approx((math.sqrt(1.29 / 3) + math.sqrt(0.1725 / 5)) / 2)
-    pooled_d1 = (2 + 2) / (3 + 5)  # a pixel-pooled average would differ: the test can tell them apart
-    assert abs(expected_d1 - pooled_d1) > 0.01
+def as_batch(*maps: np.ndarray) -> torch.Tensor:
+    return torch.tensor(np.stack(maps), dtype=torch.float32)[:, None]  # [B, 1, H, W], as the task passes them
+
+
+def metric_collection() -> dict[str, DepthMetric]:
+    return {name: DepthMetric(name) for name in DEPTH_METRICS}
+
+
+def test_depth_metrics_pool_pixels_within_a_batch_and_average_over_batches() -> None:
+    pooled, per_image = metric_collection(), metric_collection()
+    for name in DEPTH_METRICS:
+        pooled[name].update(as_batch(PRED_A, PRED_B), as_batch(GT_A, GT_B))  # one val batch of two images
+        per_image[name].update(as_batch(PRED_A), as_batch(GT_A))  # val batch size 1 (the protocol)
+        per_image[name].update(as_batch(PRED_B), as_batch(GT_B))
+        per_image[name].update(as_batch(PRED_A), as_batch(GT_EMPTY))  # no valid pixel: skipped (JAFAR: NaN)
+    both = numpy_eval_metrics(np.stack([GT_A, GT_B]), np.stack([PRED_A, PRED_B]))
+    a, b = numpy_eval_metrics(GT_A, PRED_A), numpy_eval_metrics(GT_B, PRED_B)
+    for name in DEPTH_METRICS:
+        assert float(pooled[name].compute()) == pytest.approx(both[name], rel=1e-6), name
+        assert float(per_image[name].compute()) == pytest.approx((a[name] + b[name]) / 2, rel=1e-6), name
+    assert int(per_image["delta1"].empty_batches) == 1 and int(per_image["delta1"].batches) == 2
+    # by hand: pooled delta1 = (2 + 2) / (3 + 5), per image (2/3 + 2/5) / 2; RMSE of image A sqrt(1.29 / 3)
+    assert both["delta1"] == pytest.approx(4 / 8) and a["delta1"] == pytest.approx(2 / 3)
+    assert float(per_image["delta1"].compute()) == pytest.approx((2 / 3 + 2 / 5) / 2)
+    assert a["rmse"] == pytest.approx(math.sqrt((0.04 + 1 + 0.25) / 3))
+    assert {jafar for jafar, _ in DEPTH_METRICS.values()} == {
+        "d1", "d2", "d3", "abs_rel", "sq_rel", "rmse", "rmse_log", "log_10", "silog"}
 
 
 def test_depth_metrics_sum_their_states_across_ranks() -> None:
-    """Two "ranks" with one image each, merged as DDP's sum reduction does, equal one rank with both."""
+    """Two "ranks" with one val batch each, merged as DDP's sum reduction does, equal one rank with both batches."""
     from torchmetrics.utilities.data import dim_zero_sum
 
-    for cls in (DepthDelta1, DepthRMSE):
-        both, rank0, rank1 = cls(), cls(), cls()
-        both.update(torch.tensor(np.stack([PRED_A, PRED_B])), torch.tensor(np.stack([GT_A, GT_B])))
-        rank0.update(torch.tensor(PRED_A)[None], torch.tensor(GT_A)[None])
-        rank1.update(torch.tensor(PRED_B)[None], torch.tensor(GT_B)[None])
+    for name in DEPTH_METRICS:
+        both, rank0, rank1 = DepthMetric(name), DepthMetric(name), DepthMetric(name)
+        for metric, batches in ((both, [(PRED_A, GT_A), (PRED_B, GT_B)]), (rank0, [(PRED_A, GT_A)]),
+                                (rank1, [(PRED_B, GT_B)])):
+            for pred, gt in batches:
+                metric.update(as_batch(pred), as_batch(gt))
         assert all(fx is dim_zero_sum for fx in rank0._reductions.values())
         rank0.merge_state(rank1)
-        assert float(rank0.compute()) == pytest.approx(float(both.compute()))
+        assert float(rank0.compute()) == pytest.approx(float(both.compute())), name
 
 
 # ---------------------------------------------------------------------------------------- losses
 
 
-def numpy_silog(pred: np.ndarray, gt: np.ndarray, lam: float = 0.85) -> float:
-    values = []
-    for p, g in zip(pred, gt):
-        v = (g > 1e-3) & (g < 10)
-        if v.any():
-            d = np.log(p[v]) - np.log(g[v])
-            values.append(np.sqrt(np.mean(d**2) - lam * np.mean(d) ** 2))
-    return float(np.mean(values))
-
-
-def numpy_gradient_loss(pred: np.ndarray, gt: np.ndarray, scales: int = 4) -> float:
-    """Loops: per image, sum over strides 1, 2, 4, 8 of the mean |R(a) - R(b)| over adjacent valid pairs."""
-    per_image = []
-    for p, g in zip(pred, gt):
-        total, any_pair = 0.0, False
-        for k in range(scales):
-            ps, gs = p[:: 2**k, :: 2**k], g[:: 2**k, :: 2**k]
-            valid = (gs > 1e-3) & (gs < 10)
-            diffs = []
-            for y in range(ps.shape[0]):
-                for x in range(ps.shape[1]):
-                    for dy, dx in ((0, 1), (1, 0)):
-                        yy, xx = y + dy, x + dx
-                        if yy < ps.shape[0] and xx < ps.shape[1] and valid[y, x] and valid[yy, xx]:
-                            r0 = np.log(ps[y, x]) - np.log(gs[y, x])
-                            r1 = np.log(ps[yy, xx]) - np.log(gs[yy, xx])
-                            diffs.append(abs(r1 - r0))
-            if diffs:
-                total, any_pair = total + np.mean(diffs), True
-        if any_pair:
-            per_image.append(total)
-    return float(np.mean(per_image))
-
-
-def random_depths(seed: int, shape=(2, 19, 23)) -> tuple[torch.Tensor, torch.Tensor]:
+def random_depths(seed: int, batch: int = 3, size: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
     rng = np.random.default_rng(seed)
-    pred = rng.uniform(0.01, 9.0, shape)
-    gt = rng.uniform(0.01, 9.0, shape)
-    gt[rng.random(shape) < 0.2] = 0.0  # invalid pixels
-    gt[0, :3, :] = 12.0  # too far: invalid too
-    gt[1, 5:, :] = 0.0  # the second image has far fewer valid pixels
-    return torch.tensor(pred), torch.tensor(gt)
+    pred = rng.uniform(0.01, 9.0, (batch, 1, size, size))
+    gt = rng.uniform(0.01, 9.0, (batch, 1, size, size))
+    gt[rng.random(gt.shape) < 0.2] = 0.0  # invalid pixels
+    gt[0, 0, :3, :] = 12.0  # too far: invalid too
+    return torch.tensor(pred, dtype=torch.float32), torch.tensor(gt, dtype=torch.float32)
 
 
-def test_silog_loss_matches_numpy_and_scale_invariance() -> None:
+def numpy_g(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    valid = (gt > 0) & (gt <= 10)
+    return np.log(pred[valid].astype(np.float64) + 1e-3) - np.log(gt[valid].astype(np.float64) + 1e-3)
+
+
+def test_sigloss_warms_up_for_100_calls_then_uses_the_unbiased_variance() -> None:
     pred, gt = random_depths(0)
-    assert float(silog_loss(pred, gt)) == pytest.approx(numpy_silog(pred.numpy(), gt.numpy()), rel=1e-6)
-    # pred = 2 * gt: g = log 2 everywhere -> sqrt(log(2)^2 * (1 - 0.85))
-    assert float(silog_loss(2 * gt.clamp(min=0.01), gt)) == pytest.approx(math.log(2) * math.sqrt(0.15), rel=1e-6)
-    # with variance_focus 1 it is invariant to a (per-image) global scale
-    scaled = pred * torch.tensor([3.0, 0.2])[:, None, None]
-    invariant = float(silog_loss(pred, gt, variance_focus=1.0))
-    assert float(silog_loss(scaled, gt, variance_focus=1.0)) == pytest.approx(invariant)
+    g = numpy_g(pred.numpy(), gt.numpy())  # pooled over the whole batch
+    warm, normal = math.sqrt(0.15 * g.mean() ** 2), math.sqrt(g.var(ddof=1) + 0.15 * g.mean() ** 2)
+    loss = SigLoss()
+    values = [float(loss(pred, gt)) for _ in range(102)]
+    assert values[0] == pytest.approx(warm, rel=1e-5) and values[99] == pytest.approx(warm, rel=1e-5)
+    assert values[100] == pytest.approx(normal, rel=1e-5) and values[101] == pytest.approx(normal, rel=1e-5)
+    assert int(loss.calls) == 100 and warm != pytest.approx(normal, rel=1e-3)
+    assert float(SigLoss(warm_up=False)(pred, gt)) == pytest.approx(normal, rel=1e-5)
+    # pred = 2 * gt at every valid pixel: g is (nearly) constant, so only the 0.15 mean^2 term remains
+    after = SigLoss(warm_iter=0)
+    double = torch.where(gt > 0, 2 * gt + 1e-3, torch.ones_like(gt))  # log(2gt + 2e-3) - log(gt + 1e-3) = log 2
+    assert float(after(double, gt)) == pytest.approx(math.sqrt(0.15) * math.log(2), rel=1e-4)
 
 
-def test_gradient_loss_by_hand() -> None:
-    # R = log(pred / gt) = [[0, 1, 0], [0, 0, 2]] with gt = 1. Stride 1: horizontal |1|, |1|, |0|, |2| and vertical
-    # |0|, |1|, |2|: 7 over 7 pairs = 1. Stride 2 keeps [[0, 0]]: 0. Strides 4, 8: a single pixel, no pair.
-    gt = torch.ones(1, 2, 3)
-    pred = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]]).exp()
-    assert float(gradient_loss(pred, gt)) == pytest.approx(1.0)
-    # gt[1, 2] invalid: horizontal |1|, |1|, |0| and vertical |0|, |1| -> 3 over 5 pairs
-    gt[0, 1, 2] = 0.0
-    assert float(gradient_loss(pred, gt)) == pytest.approx(0.6)
+def numpy_gradient_loss(pred: np.ndarray, gt: np.ndarray, axes: tuple[int, int]) -> float:
+    """Loops over pairs two apart along ``axes`` of the [B, 1, H, W] maps, at strides 1, 2, 4, 6; sum over pairs
+    with both ends valid of |D(a) - D(b)|, over the valid count N of the stride; summed; times 0.5."""
+    total = 0.0
+    for s in (1, 2, 4, 6):
+        p, t = pred[:, :, ::s, ::s].astype(np.float64), gt[:, :, ::s, ::s].astype(np.float64)
+        valid = (t > 0) & (t <= 10)
+        d = np.where(valid, np.log(p + 1e-3) - np.log(t + 1e-3), 0.0)
+        pairs = 0.0
+        for axis in axes:
+            for index in np.ndindex(*d.shape):
+                other = list(index)
+                other[axis] += 2
+                if other[axis] < d.shape[axis] and valid[index] and valid[tuple(other)]:
+                    pairs += abs(d[index] - d[tuple(other)])
+        total += pairs / valid.sum()
+    return 0.5 * total
 
 
-def test_gradient_loss_matches_numpy() -> None:
-    pred, gt = random_depths(1)
-    assert float(gradient_loss(pred, gt)) == pytest.approx(numpy_gradient_loss(pred.numpy(), gt.numpy()), rel=1e-6)
+def test_published_gradient_loss_differences_batch_and_channel_axes() -> None:
+    """JAFAR's slicing on [B, 1, H, W]: exactly 0 at batch 1 and 2 (always 0 at the protocol's batch 2); at
+    batch 3 it compares sample 0 with sample 2."""
+    pred, gt = random_depths(1, batch=3)
+    published = GradientLoss()
+    assert float(published(pred[:1], gt[:1])) == 0.0 and float(published(pred[:2], gt[:2])) == 0.0
+    expected = numpy_gradient_loss(pred.numpy(), gt.numpy(), axes=(0, 1))
+    assert expected > 0.1 and float(published(pred, gt)) == pytest.approx(expected, rel=1e-5)
+    assert float(published(pred[[0, 1, 0]], gt[[0, 1, 0]])) == 0.0  # samples 0 and 2 equal: nothing to penalise
 
 
-def reference_gradient_loss(depth_pr: torch.Tensor, depth_gt: torch.Tensor) -> torch.Tensor:
-    """The JAFAR suite's indexing (probe3d's ``gradient_loss``), applied to its [B, 1, H, W] maps."""
-    total = 0
-    for s in (1, 2, 4, 6):  # [::2*i, ::2*i] for i = 1..3, plus the full map
-        pr, gt = depth_pr[::s, ::s], depth_gt[::s, ::s]  # strides batch and channel, not H and W
-        valid = gt > 0
-        diff = (torch.log(pr + 1e-3) - torch.log(gt + 1e-3)) * valid
-        v = (diff[0:-2, :] - diff[2:, :]).abs() * valid[0:-2, :] * valid[2:, :]  # batch axis: empty for B = 2
-        h = (diff[:, 0:-2] - diff[:, 2:]).abs() * valid[:, 0:-2] * valid[:, 2:]  # channel axis: always empty
-        total = total + (h.sum() + v.sum()) / valid.sum()
-    return total
+def test_hw_gradient_loss_option_differences_height_and_width() -> None:
+    pred, gt = random_depths(2, batch=2)
+    hw = GradientLoss(axes="hw")
+    assert float(hw(pred, gt)) == pytest.approx(numpy_gradient_loss(pred.numpy(), gt.numpy(), axes=(2, 3)), rel=1e-5)
+    assert float(hw(pred, gt)) > 0.1 and float(GradientLoss()(pred, gt)) == 0.0
+    # a prediction equal to the target up to a global scale (a constant D) has no gradient to penalise
+    scaled = torch.where(gt > 0, 3 * (gt + 1e-3) - 1e-3, torch.ones_like(gt))
+    assert float(hw(scaled, gt)) == pytest.approx(0.0, abs=1e-5)
+    task = DepthProbeTask(TINY_VIT, Bilinear(), feature_size=56, gradient_loss="hw")
+    assert task.loss.gradient.dims == (2, 3) and DepthProbeTask(TINY_VIT, feature_size=56).loss.gradient.dims == (0, 1)
+    with pytest.raises(ValueError, match="gradient_loss must be 'jafar'"):
+        DepthProbeTask(TINY_VIT, feature_size=56, gradient_loss="xy")
 
 
-def test_gradient_loss_is_nonzero_at_batch_2_and_zero_up_to_a_global_scale() -> None:
-    pred, gt = random_depths(2)
-    assert float(gradient_loss(pred, gt)) > 0.1
-    assert float(reference_gradient_loss(pred[:, None], gt[:, None])) == 0.0  # what the reference trained with
-    # a prediction equal to the target up to a global scale per image (in log space: a constant shift)
-    scaled = gt.clamp(min=0.01) * torch.tensor([0.3, 7.0])[:, None, None]
-    assert float(gradient_loss(scaled, gt)) == pytest.approx(0.0, abs=1e-9)
-    loss, si, grad = depth_loss(pred, gt)
-    assert float(loss) == pytest.approx(float(si) + 0.5 * float(grad))
+def test_total_loss_is_silog_plus_half_the_gradient_loss() -> None:
+    pred, gt = random_depths(3, batch=3)
+    loss = DepthLoss()
+    total, si, grad = loss(pred, gt)
+    assert float(total) == float(si + grad) and float(grad) == pytest.approx(
+        numpy_gradient_loss(pred.numpy(), gt.numpy(), axes=(0, 1)), rel=1e-5)
+    with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
+        loss(pred[:, 0], gt[:, 0])
 
 
-def test_losses_without_valid_pixels_are_zero_with_a_graph() -> None:
-    pred = torch.full((2, 5, 5), 2.0, requires_grad=True)
-    loss, _, _ = depth_loss(pred, torch.zeros(2, 5, 5))
-    loss.backward()
-    assert loss.item() == 0.0 and pred.grad is not None and torch.isfinite(pred.grad).all()
+def test_no_valid_pixel_gives_a_zero_loss_by_default_and_nan_as_published() -> None:
+    """A batch without a valid target pixel: JAFAR's losses are NaN (mean of nothing, 0 / N with N = 0), which
+    would turn the probe's weights into NaN. Default: the term is 0 and gives no gradient (with a warning)."""
+    gt = torch.full((2, 1, 6, 6), 11.0)  # all beyond max_depth
+    pred = torch.full((2, 1, 6, 6), 2.0, requires_grad=True)
+    with pytest.warns(UserWarning, match="valid pixel"):
+        total, si, grad = DepthLoss()(pred, gt)
+    total.backward()
+    assert float(total.detach()) == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+    published = DepthLoss(empty_loss="nan")
+    total, si, grad = (t.detach() for t in published(pred, gt))
+    assert math.isnan(float(si)) and math.isnan(float(grad)) and math.isnan(float(total))
+    # one valid pixel after the warm-up: JAFAR's unbiased variance of one value is NaN, ours 0
+    one = torch.full((1, 1, 4, 4), 11.0)
+    one[0, 0, 1, 1] = 3.0
+    with pytest.warns(UserWarning, match="1 valid pixel"):
+        assert float(SigLoss(warm_iter=0)(pred[:1, :, :4, :4], one).detach()) == 0.0
+    with pytest.warns(UserWarning, match="degrees of freedom"):  # torch's own warning on the published path
+        assert math.isnan(float(SigLoss(warm_iter=0, empty_loss="nan")(pred[:1, :, :4, :4], one).detach()))
+    with pytest.raises(ValueError, match="empty_loss"):
+        DepthLoss(empty_loss="skip")
 
 
-# ---------------------------------------------------------------------------------------- head
+def test_warm_up_counter_is_in_the_checkpoint_and_restored() -> None:
+    task = DepthProbeTask(TINY_VIT, Bilinear(), feature_size=56)
+    pred, gt = random_depths(4, batch=2)
+    for _ in range(37):
+        task.loss(pred, gt)
+    checkpoint = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(checkpoint)  # what the probe checkpoints keep
+    assert int(checkpoint["state_dict"]["loss.silog.calls"]) == 37
+    resumed = DepthProbeTask(TINY_VIT, Bilinear(), feature_size=56)
+    resumed.load_state_dict(checkpoint["state_dict"], strict=False)
+    assert int(resumed.loss.silog.calls) == 37
+    for _ in range(63):
+        resumed.loss(pred, gt)
+    warm, normal = float(SigLoss()(pred, gt)), float(SigLoss(warm_up=False)(pred, gt))
+    assert float(resumed.loss.silog(pred, gt)) == pytest.approx(normal) != warm  # call 101: past the warm-up
+
+
+# ---------------------------------------------------------------------------------------- head and input
 
 
 def test_head_output_lies_within_the_bins_and_matches_the_concatenation() -> None:
@@ -233,31 +275,122 @@ def test_head_output_lies_within_the_bins_and_matches_the_concatenation() -> Non
         broadcast = F.normalize(cls, dim=1)[:, :, None, None].expand(-1, -1, 56, 56)
         literal = task.head(torch.cat([dense, broadcast], dim=1))
         torch.testing.assert_close(task.head_scores(dense, cls), literal, rtol=1e-4, atol=1e-4)
-    assert depth.shape == (2, 56, 56)
+        # relu + 0.1, normalised over the bins, expectation over linspace(1e-3, 10, 256)
+        probs = F.relu(literal) + 0.1
+        expected = (probs / probs.sum(1, keepdim=True) * torch.linspace(1e-3, 10, 256)[:, None, None]).sum(1)
+        torch.testing.assert_close(depth[:, 0], expected, rtol=1e-4, atol=1e-4)
+    assert depth.shape == (2, 1, 56, 56)
     assert float(depth.min()) >= 1e-3 and float(depth.max()) <= 10.0
+
+
+class RecordingUpsampler(Upsampler):
+    """Bilinear, recording the guide image it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, image: torch.Tensor, features: torch.Tensor, output_size) -> torch.Tensor:
+        self.seen.append(image.clone())
+        self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        return Bilinear()(image, features, output_size)
+
+
+def backbone_inputs(task, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(what the backbone's ViT and what the upsampler received) for one forward."""
+    vit, seen = task.features.backbone.model, []
+    original = vit.forward_features
+    vit.forward_features = lambda x: seen.append(x.clone()) or original(x)
+    with torch.no_grad():
+        task(image)
+    vit.forward_features = original
+    return seen[0], task.features.upsampler.seen[-1]
+
+
+def test_depth_probe_feeds_the_raw_image_and_segmentation_the_normalised_one() -> None:
+    from tasks.probes import SegmentationProbeTask
+
+    image = torch.rand(2, 3, 56, 56)
+    depth = DepthProbeTask(TINY_VIT, RecordingUpsampler(), feature_size=56)
+    to_vit, to_upsampler = backbone_inputs(depth, image)
+    assert torch.equal(to_vit, image) and torch.equal(to_upsampler, image)  # JAFAR's depth probe: raw [0, 1]
+
+    normalised = depth.features.backbone.normalize(image)
+    assert not torch.allclose(normalised, image, atol=0.1)
+    corrected = DepthProbeTask(TINY_VIT, RecordingUpsampler(), feature_size=56, normalize_input=True)
+    for seen in backbone_inputs(corrected, image):
+        torch.testing.assert_close(seen, normalised)
+    seg = SegmentationProbeTask(4, TINY_VIT, RecordingUpsampler(), feature_size=56)
+    for seen in backbone_inputs(seg, image):
+        torch.testing.assert_close(seen, normalised)
+
+
+def test_features_are_float32_by_default_and_bfloat16_autocast_is_an_option() -> None:
+    image = torch.rand(1, 3, 56, 56)
+    default = DepthProbeTask(TINY_VIT, RecordingUpsampler(), feature_size=56)
+    with torch.no_grad():
+        depth = default(image)
+    assert default.features.upsampler.autocast[0] is False and depth.dtype == torch.float32
+    fast = DepthProbeTask(TINY_VIT, RecordingUpsampler(), feature_size=56, autocast_dtype="bfloat16")
+    with torch.no_grad():
+        depth = fast(image)
+    assert fast.features.upsampler.autocast == (True, torch.bfloat16) and depth.dtype == torch.float32
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        DepthProbeTask(TINY_VIT, feature_size=56, autocast_dtype="float64")
+
+
+def test_optimiser_defaults_are_the_protocol() -> None:
+    task = DepthProbeTask(TINY_VIT, feature_size=56)
+    task.trainer = type("T", (), {"max_epochs": 20})()
+    config = task.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]
+    assert optimizer.defaults["lr"] == 5e-4 and optimizer.defaults["weight_decay"] == 1e-5
+    assert optimizer.defaults["betas"] == (0.9, 0.999) and isinstance(optimizer, torch.optim.AdamW)
+    assert schedule["interval"] == "epoch" and schedule["scheduler"].T_max == 20
+    assert [n for n, p in task.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    jafar = DepthProbeTask(TINY_VIT, feature_size=56, schedule_interval="step")  # JAFAR's per-iteration stepping
+    jafar.trainer = task.trainer
+    assert jafar.configure_optimizers()["lr_scheduler"]["interval"] == "step"
 
 
 # ---------------------------------------------------------------------------------------- data
 
 
-@pytest.mark.parametrize("size", [(64, 48), (48, 64)])  # landscape and portrait (W x H)
-def test_target_geometry_matches_the_image(size: tuple[int, int]) -> None:
-    """A depth map of the whole image at another resolution (as Depth-Anything outputs it) lands on the same
-    pixels as the image: the target made from the image's own red channel equals the image's red channel."""
-    w, h = size
+def published_target(model, processor, image01: torch.Tensor) -> torch.Tensor:
+    """JAFAR's process_batch (train_probes.py:201-212), written out: uint8 by truncation, the processor, the
+    model, bilinear (align_corners=False) to the image size."""
+    array = (255 * image01[None].permute(0, 2, 3, 1).numpy()).astype(np.uint8)
+    inputs = processor(images=array, return_tensors="pt")
+    with torch.no_grad():
+        pseudo = model(**inputs)["predicted_depth"]
+    return F.interpolate(pseudo.unsqueeze(1), size=image01.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
 
-    def along_long_side(hh: int, ww: int) -> np.ndarray:  # pixel centres in [0, 1] along the cropped axis
-        if ww > hh:
-            return np.broadcast_to(((np.arange(ww) + 0.5) / ww)[None, :], (hh, ww))
-        return np.broadcast_to(((np.arange(hh) + 0.5) / hh)[:, None], (hh, ww))
 
-    red = along_long_side(h, w)
-    image = Image.fromarray(np.stack([red * 255, np.zeros((h, w)), np.zeros((h, w))], -1).round().astype(np.uint8))
-    da_red = along_long_side(3 * h, 3 * w)  # the depth model's output: another resolution, same aspect
-    target = depth_to_target(torch.tensor(da_red.copy()), (h, w), 56)
-    image_red = image_to_tensor(image, 56)[0]
-    assert target.shape == image_red.shape == (56, 56)
-    assert float((target - image_red).abs().max()) < 0.02  # an off-centre crop would be ~0.1 off
+def test_cached_targets_equal_the_published_computation_for_the_crop_and_the_flip(tmp_path: Path) -> None:
+    dm = datamodule(tmp_path / "cache", batch_size=1)
+    dm.prepare_data()
+    dm.setup("fit")
+    model, processor = build_depth_model("unused", TINY_DA)
+    train = dm.datasets["train"]
+    crop = jafar_probe_transform(56)
+    draws = [(epoch, batch) for epoch in range(6) for batch in range(3)]
+    flipped = next(d for d in draws if train.flipped(*d))
+    plain = next(d for d in draws if not train.flipped(*d))
+    for index, file in enumerate(train.files):
+        image = crop(load_rgb(file))  # the probe's crop, unflipped
+        sample = train[(*plain, index)]
+        torch.testing.assert_close(sample["image"], image, rtol=0, atol=0)
+        torch.testing.assert_close(sample["depth"], published_target(model, processor, image), rtol=1e-5, atol=1e-5)
+        mirrored = train[(*flipped, index)]
+        torch.testing.assert_close(mirrored["image"], image.flip(-1), rtol=0, atol=0)
+        torch.testing.assert_close(mirrored["depth"], published_target(model, processor, image.flip(-1)),
+                                   rtol=1e-5, atol=1e-5)
+        # why both are cached: the model's output for the mirror image is not the mirror of its output
+        assert not torch.allclose(mirrored["depth"], sample["depth"].flip(-1), rtol=1e-3, atol=1e-3)
+    val = dm.datasets["val"]
+    for index, file in enumerate(val.files):
+        torch.testing.assert_close(val[index]["depth"], published_target(model, processor, crop(load_rgb(file))),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_layout_errors_name_the_expected_layout(tmp_path: Path) -> None:
@@ -284,9 +417,10 @@ def test_targets_are_cached_and_reused_without_the_depth_model(tmp_path: Path, m
     assert [f"{f.parent.name}/{f.stem}" for f in files] == sorted(
         f"{split}/{f.stem}" for split in ("train", "val") for f in coco_split_images(COCO, split))
     first = {f: f.read_bytes() for f in files}
-    target = np.load(files[0])
-    assert target.dtype == np.float16 and target.shape == (56, 56)
-    assert ((target > 1e-3) & (target < 10)).mean() > 0.5  # the tiny model's targets are mostly valid
+    train_target, val_target = np.load(cache / "train" / files[0].name), np.load(files[-1])
+    assert train_target.dtype == np.float32 and train_target.shape == (2, 56, 56)  # plain and mirrored input
+    assert val_target.shape == (1, 56, 56)
+    assert ((train_target > 1e-3) & (train_target < 10)).mean() > 0.5  # the tiny model's targets are mostly valid
 
     def no_model(*args, **kwargs):
         raise AssertionError("the depth model must not be built when every target is cached")
@@ -303,13 +437,23 @@ def test_targets_are_cached_and_reused_without_the_depth_model(tmp_path: Path, m
     assert files[0].read_bytes() == first[files[0]]
 
 
-def test_cache_of_another_size_is_refused_and_missing_targets_are_named(tmp_path: Path) -> None:
+def test_cache_made_otherwise_is_refused_and_missing_targets_are_named(tmp_path: Path) -> None:
     prefill_ramp(tmp_path / "cache")
     datamodule(tmp_path / "cache").prepare_data()  # pre-filled: accepted, and recorded as this model's
     with pytest.raises(ValueError, match="set another `data.cache_dir`"):
         datamodule(tmp_path / "cache", image_size=28).prepare_data()
+    with pytest.raises(ValueError, match="set another `data.cache_dir`"):
+        datamodule(tmp_path / "cache", cache_dtype="float16").prepare_data()
     with pytest.raises(FileNotFoundError, match="prepare_data"):
         datamodule(tmp_path / "empty").setup("fit")
+    old = tmp_path / "old"  # a cache of the earlier whole-image targets: one [S, S] map per image
+    prefill_ramp(old)
+    for file in (old / "train").glob("*.npy"):
+        np.save(file, np.load(file)[0])
+    dm = datamodule(old)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"is \(56, 56\), expected \(2, 56, 56\)"):
+        dm.datasets["train"][0]
 
 
 def test_depth_model_unavailable_names_the_ways_out(tmp_path: Path) -> None:
@@ -324,43 +468,43 @@ def test_depth_model_unavailable_names_the_ways_out(tmp_path: Path) -> None:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     local_model, local_processor = build_depth_model(str(folder))
-    pixels = local_processor(images=Image.new("RGB", (64, 48), (90, 40, 200)), return_tensors="pt")["pixel_values"]
-    assert pixels.shape[-2:] == (392, 518)  # DA-V2's preprocessing: 518 px, multiples of 14
+    pixels = local_processor(images=Image.new("RGB", (56, 56), (90, 40, 200)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape[-2:] == (518, 518)  # DA-V2's preprocessing: 518 px, multiples of 14
     with torch.no_grad():
         torch.testing.assert_close(local_model(pixel_values=pixels).predicted_depth,
                                    model(pixel_values=pixels).predicted_depth)
 
 
-def test_batches_and_flips(tmp_path: Path) -> None:
+def test_batches_flip_whole_and_use_the_mirrored_target(tmp_path: Path) -> None:
     ramp = prefill_ramp(tmp_path / "cache", left_to_right=True)  # a horizontal flip changes it
 
     def fitted(**kwargs) -> COCODepthDataModule:
-        dm = datamodule(tmp_path / "cache", batch_size=2, **kwargs)
+        dm = datamodule(tmp_path / "cache", **kwargs)
         dm.prepare_data()
         dm.setup("fit")
         return dm
 
-    dm = fitted()
+    dm = fitted(batch_size=3)  # the three train images in one batch
     train, val = dm.datasets["train"], dm.datasets["val"]
     assert len(train) == 3 and len(val) == 2
+    plain = {f.stem: jafar_probe_transform(56)(load_rgb(f)) for f in train.files}
     loader = dm.train_dataloader()
-    batch = next(iter(loader))
-    assert batch["image"].shape == (2, 3, 56, 56) and batch["depth"].shape == (2, 56, 56)
-    assert float(batch["image"].min()) >= 0 and float(batch["image"].max()) <= 1  # [0, 1], not normalised
-    loader.sampler.set_epoch(3)
-    assert [epoch for epoch, _ in loader.sampler] == [3] * 3  # the dataset learns the epoch of each flip
+    outcomes = []
+    for epoch in range(8):
+        from lightning.fabric.utilities.data import _set_sampler_epoch
 
-    flips = [train.flipped(i, epoch) for epoch in range(20) for i in range(3)]
-    assert 15 < sum(flips) < 45
-    assert flips == [fitted().datasets["train"].flipped(i, e) for e in range(20) for i in range(3)]  # same seed
-    assert flips != [fitted(seed=1).datasets["train"].flipped(i, e) for e in range(20) for i in range(3)]
-    flipped_epoch = next(e for e in range(20) if train.flipped(0, e))
-    plain_epoch = next(e for e in range(20) if not train.flipped(0, e))
-    flipped, plain = train[(flipped_epoch, 0)], train[(plain_epoch, 0)]
-    torch.testing.assert_close(plain["depth"], torch.tensor(ramp, dtype=torch.float32))
-    torch.testing.assert_close(flipped["depth"], plain["depth"].flip(-1))
-    torch.testing.assert_close(flipped["image"], plain["image"].flip(-1))
-    assert not any(val.flipped(i, e) for e in range(5) for i in range(2))
+        _set_sampler_epoch(loader, epoch)  # as Lightning does
+        (batch,) = list(loader)
+        assert batch["image"].shape == (3, 3, 56, 56) and batch["depth"].shape == (3, 56, 56)
+        assert float(batch["image"].min()) >= 0 and float(batch["image"].max()) <= 1  # [0, 1], not normalised
+        flip = batch_flipped(0, epoch, 0)
+        outcomes.append(flip)
+        for image, depth, name in zip(batch["image"], batch["depth"], batch["name"]):  # all flipped, or none
+            torch.testing.assert_close(image, plain[name].flip(-1) if flip else plain[name], rtol=0, atol=0)
+            torch.testing.assert_close(depth, torch.tensor(ramp[:, ::-1].copy() if flip else ramp), rtol=0, atol=0)
+    assert any(outcomes) and not all(outcomes)
+    assert not any(val.flipped(e, b) for e in range(5) for b in range(2))
+    assert torch.equal(val[0]["depth"], torch.tensor(ramp))
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -393,10 +537,28 @@ def test_cli_test_without_a_trained_probe_names_the_fit_command(capsys) -> None:
     assert "No trained probe at runs/tiny_depth/checkpoints/last.ckpt" in err and "`uplift fit`" in err
 
 
-def test_paper_config_is_valid() -> None:
+def test_cli_resume_continues_the_warm_up_count(tmp_path: Path) -> None:
+    """The SigLoss warm-up counter is saved in last.ckpt and a `--ckpt_path` resume continues it: 3 training
+    calls per epoch (3 images, batch 1), so 3 after one epoch and 6 after resuming for a second."""
+    prefill_ramp(tmp_path / "prefilled")
+    args = ROOT_ARGS + ["--data.init_args.cache_dir", "prefilled", "--data.init_args.batch_size", "1",
+                        "--trainer.limit_val_batches", "0"]
+    main(["fit", *args, "--trainer.max_epochs", "1"])
+    ckpt = tmp_path / "runs" / "tiny_depth" / "checkpoints" / "last.ckpt"
+    assert int(torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]["loss.silog.calls"]) == 3
+    cli = run_cli(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)])
+    assert int(cli.model.loss.silog.calls) == 6
+
+
+def test_paper_config_is_the_protocol() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(REPO / "configs" / "depth_coco.yaml"), "--print_config"])
     assert exit_info.value.code == 0
     config = yaml.safe_load((REPO / "configs" / "depth_coco.yaml").read_text())
     probe = Path(config["model"]["init_args"]["probe_checkpoint"])
     assert probe.parts[:2] == ("runs", "depth_coco")  # so the "train it first" error names configs/depth_coco.yaml
+    model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
+    assert (model["lr"], model["weight_decay"], model["gradient_weight"]) == (5e-4, 1e-5, 0.5)
+    assert (model["gradient_loss"], model["warm_up_iters"], model["normalize_input"]) == ("jafar", 100, False)
+    assert (model["schedule_interval"], model["autocast_dtype"], trainer["precision"]) == ("epoch", None, "32-true")
+    assert (trainer["max_epochs"], data["batch_size"], data["val_batch_size"], data["image_size"]) == (20, 2, 1, 448)

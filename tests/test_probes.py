@@ -191,3 +191,78 @@ def test_cli_test_needs_a_trained_probe_then_evaluates_it(tmp_path: Path, monkey
     cli = run_cli(["test", *args])  # no --ckpt_path: the config's probe_checkpoint is loaded
     assert torch.equal(cli.model.probe.weight.cpu(), checkpoint["state_dict"]["probe.weight"])
     assert {"test/mIoU", "test/acc"} <= set(cli.trainer.callback_metrics)
+
+
+def test_features_are_float32_by_default_and_bfloat16_is_an_option() -> None:
+    """JAFAR's probes ran in float32: no autocast unless ``autocast_dtype`` asks for it."""
+    seen = {}
+
+    class Spy(ups.Bilinear):
+        def forward(self, image, features, output_size):
+            seen["autocast"] = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), features.dtype)
+            return super().forward(image, features, output_size)
+
+    image = torch.rand(1, 3, 56, 56)
+    task = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, upsampler=Spy(), feature_size=56)
+    with torch.no_grad():
+        logits = task(image)
+    assert seen["autocast"][0] is False and seen["autocast"][2] == torch.float32 and logits.dtype == torch.float32
+    fast = SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, upsampler=Spy(), feature_size=56,
+                                 autocast_dtype="bfloat16")
+    with torch.no_grad():
+        fast(image)
+    assert seen["autocast"][:2] == (True, torch.bfloat16)
+    with pytest.raises(ValueError, match="schedule_interval"):
+        SegmentationProbeTask(num_classes=4, backbone=TINY_VIT, feature_size=56, schedule_interval="iteration")
+
+
+@pytest.mark.parametrize("name", ["voc", "coco", "ade20k", "cityscapes"])
+def test_paper_probe_configs_are_the_protocol(name: str) -> None:
+    import yaml
+
+    from tests.conftest import REPO
+
+    config = yaml.safe_load((REPO / "configs" / f"probe_{name}.yaml").read_text())
+    model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
+    assert (model["lr"], model["weight_decay"], model["schedule_interval"], model["autocast_dtype"]) == \
+        (5e-4, 1e-5, "epoch", None)
+    assert (trainer["max_epochs"], trainer["precision"]) == (20, "32-true")
+    assert (data["image_size"], data["batch_size"], data["val_batch_size"], model["feature_size"]) == (448, 2, 1, 448)
+
+
+def test_resumed_probe_run_sees_the_same_batches_flips_and_losses(tmp_path: Path) -> None:
+    """Interrupted mid-epoch and resumed with ckpt_path: the batches (images, flipped or not, and labels) and the
+    losses equal those of one uninterrupted run (3 VOC train images at batch 1: 3 steps per epoch)."""
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from datamodules import VOCDataModule
+    from tests.conftest import REPO
+
+    class Recorder(Callback):
+        def __init__(self) -> None:
+            self.seen = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            self.seen.append((batch["name"], float(batch["image"][..., :28].sum()), float(outputs["loss"])))
+
+    def run(max_steps: int, ckpt_path=None, checkpoint=None) -> list:
+        L.seed_everything(0)
+        recorder = Recorder()
+        task = SegmentationProbeTask(num_classes=21, backbone=TINY_VIT, feature_size=56, lr=5e-2)
+        data = VOCDataModule(str(REPO / "tests" / "data" / "voc"), image_size=56, batch_size=1, num_workers=0, seed=1)
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, limit_val_batches=0,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                            use_distributed_sampler=False, enable_checkpointing=checkpoint is not None,
+                            callbacks=[recorder] + ([checkpoint] if checkpoint else []))
+        trainer.fit(task, data, ckpt_path=ckpt_path)
+        return recorder.seen
+
+    from datamodules.transforms import batch_flipped
+
+    uninterrupted = run(5)  # crosses an epoch
+    flips = [batch_flipped(1, epoch, k) for epoch, k in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1))]
+    assert any(flips[2:]) and not all(flips[2:])  # the resumed part has flipped and plain batches
+    first = run(2, checkpoint=ModelCheckpoint(dirpath=tmp_path / "ck", every_n_train_steps=2, save_top_k=-1))
+    resumed = run(5, ckpt_path=tmp_path / "ck" / "epoch=0-step=2.ckpt")
+    assert first == uninterrupted[:2]
+    assert resumed == uninterrupted[2:], (resumed, uninterrupted[2:])

@@ -30,6 +30,7 @@ from datamodules.segmentation import (
     cityscapes_train_ids,
     coco_coarse_ids,
 )
+from datamodules.transforms import batch_flipped
 from tests.conftest import SHARED, require_shared
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -118,19 +119,35 @@ def test_native_size_is_the_centre_crop_of_the_mapped_files(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DATASETS)
-def test_downscaled_label_is_nearest_exact_then_centre_crop(name: str) -> None:
+def test_downscaled_label_is_pil_nearest_then_centre_crop(name: str) -> None:
     """S = 32 from 64x48: short side 48 -> 32, long side 64 -> int(32 * 64 / 48) = 42, crop columns 5..36.
-    Nearest-exact takes source pixel floor((i + 0.5) * in / out); the image is PIL's bilinear resize."""
+    The label is resized as a PIL image with NEAREST (the protocol's ``Resize(NEAREST_EXACT)`` on PIL labels),
+    the image with PIL's bilinear resize."""
     dm = make(name)
     dm.setup("validate")
-    rows = np.floor((np.arange(32) + 0.5) * 48 / 32).astype(int)
-    cols = np.floor((np.arange(5, 37) + 0.5) * 64 / 42).astype(int)
     for (image_path, label_path), sample in zip(dm.val_set.pairs, dm.val_set):
-        raw = np.array(Image.open(label_path))[rows][:, cols]
+        raw = np.array(Image.open(label_path).resize((42, 32), Image.NEAREST))[:, 5:37]
         np.testing.assert_array_equal(sample["label"].numpy(), expected_classes(name, raw))
         image = Image.open(image_path).convert("RGB").resize((42, 32), Image.BILINEAR)
         image = np.asarray(image, dtype=np.float32)[:, 5:37] / 255
         np.testing.assert_allclose(sample["image"].permute(1, 2, 0).numpy(), image, atol=1e-6)
+
+
+def test_pil_nearest_is_not_torch_nearest_exact() -> None:
+    """Why the labels go through PIL: on the tiny COCO-Stuff label, PIL NEAREST (fixed-point coordinates) and
+    torch's nearest-exact (``floor((i + 0.5) * in / out)``) pick other source columns where ``(i + 0.5) * in / out``
+    is an integer; the datamodule follows PIL."""
+    dm = make("cocostuff")
+    dm.setup("validate")
+    raw = np.array(Image.open(dm.val_set.pairs[0][1]))
+    rows = np.floor((np.arange(32) + 0.5) * 48 / 32).astype(int)
+    cols = np.floor((np.arange(5, 37) + 0.5) * 64 / 42).astype(int)
+    exact = expected_classes("cocostuff", raw[rows][:, cols])
+    label = dm.val_set[0]["label"].numpy()
+    assert (label != exact).any()
+    torch_exact = torch.nn.functional.interpolate(torch.from_numpy(raw)[None, None].float(), size=(32, 42),
+                                                  mode="nearest-exact")[0, 0, :, 5:37].numpy().astype(np.uint8)
+    assert (label != expected_classes("cocostuff", torch_exact)).any()
 
 
 def test_dataset_specific_content() -> None:
@@ -162,49 +179,91 @@ def test_max_images() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- flip
-def test_flip_moves_image_and_label_together_and_is_seeded() -> None:
-    dm = make("cityscapes")
-    dm.setup("fit")
-    train = dm.train_set
-    plain = SegmentationDataset(train.pairs, 32, train.label_table)  # train=False: never flipped
-    outcomes = []
-    for index in range(len(train)):
-        ref = plain[index]
+def set_epoch(loader, epoch: int) -> None:
+    """What Lightning does at the start of every epoch (its own helper, so the test sees what it reaches)."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(loader, epoch)
+
+
+def flips_of(batch: dict, plain: dict[str, dict]) -> list[bool]:
+    """Per sample of a training batch: flipped (image and label both mirrored) or not; anything else fails."""
+    flips = []
+    for image, label, name in zip(batch["image"], batch["label"], batch["name"]):
+        ref = plain[name]
         assert not torch.equal(ref["label"], ref["label"].flip(-1))  # asymmetric labels: a flip shows
-        for epoch in range(6):
-            sample = train[(epoch, index)]
-            flipped = train.flipped(index, epoch)
-            outcomes.append(flipped)
-            expect = {k: ref[k].flip(-1) if flipped else ref[k] for k in ("image", "label")}
-            assert torch.equal(sample["image"], expect["image"]) and torch.equal(sample["label"], expect["label"])
+        if torch.equal(image, ref["image"]) and torch.equal(label, ref["label"]):
+            flips.append(False)
+        else:
+            assert torch.equal(image, ref["image"].flip(-1)) and torch.equal(label, ref["label"].flip(-1)), name
+            flips.append(True)
+    return flips
+
+
+def test_one_flip_per_batch_for_images_and_labels_together() -> None:
+    """JAFAR flips the whole batch (images and labels) with p = 0.5 per iteration; ours is drawn from
+    (seed, epoch, batch index)."""
+    dm = make("cityscapes", batch_size=3)  # the three train images in one batch
+    dm.setup("fit")
+    plain_set = SegmentationDataset(dm.train_set.pairs, 32, dm.train_set.label_table)  # train=False: never flipped
+    plain = {sample["name"]: sample for sample in plain_set}
+    loader = dm.train_dataloader()
+    outcomes = []
+    for epoch in range(10):
+        set_epoch(loader, epoch)
+        (batch,) = list(loader)
+        flips = flips_of(batch, plain)
+        assert len(set(flips)) == 1, flips  # one decision for the whole batch
+        assert flips[0] == batch_flipped(0, epoch, 0)
+        outcomes.append(flips[0])
     assert any(outcomes) and not all(outcomes)
-    assert torch.equal(train[1]["label"], train[(0, 1)]["label"])  # a bare index is epoch 0
-    # a pure function of (seed, epoch, index): a new module with the same seed flips the same; another seed differs
-    again = make("cityscapes")
-    again.setup("fit")
-    other = make("cityscapes", seed=1)
-    other.setup("fit")
-    draws = [(e, i) for e in range(16) for i in range(3)]
-    assert [again.train_set.flipped(i, e) for e, i in draws] == [train.flipped(i, e) for e, i in draws]
-    assert [other.train_set.flipped(i, e) for e, i in draws] != [train.flipped(i, e) for e, i in draws]
+    # a pure function of (seed, epoch, batch index): another seed draws other flips
+    draws = [(e, b) for e in range(16) for b in range(3)]
+    assert [batch_flipped(0, e, b) for e, b in draws] != [batch_flipped(1, e, b) for e, b in draws]
+    assert [dm.train_set.flipped(e, b) for e, b in draws] == [batch_flipped(0, e, b) for e, b in draws]
+    assert not any(plain_set.flipped(e, b) for e, b in draws)
 
 
 def test_train_loader_is_reproducible_and_follows_the_epoch() -> None:
     def epoch_batches(dm: SegmentationDataModule, epoch: int) -> list[dict]:
         loader = dm.train_dataloader()
-        loader.sampler.set_epoch(epoch)  # as Lightning does at the start of every epoch
+        set_epoch(loader, epoch)
         return list(loader)
 
-    a, b = make("voc"), make("voc", num_workers=1)  # a worker process must flip the same as the main process
+    a, b = make("voc", batch_size=1), make("voc", batch_size=1, num_workers=1)  # a worker flips as the main process
     a.setup("fit"), b.setup("fit")
+    plain = {s["name"]: s for s in SegmentationDataset(a.train_set.pairs, 32, a.train_set.label_table)}
     for epoch in (0, 3):
-        for x, y in zip(epoch_batches(a, epoch), epoch_batches(b, epoch), strict=True):
+        for k, (x, y) in enumerate(zip(epoch_batches(a, epoch), epoch_batches(b, epoch), strict=True)):
             assert x["name"] == y["name"]
             assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
-    # the sampler tags each index with its epoch, so the flips change with set_epoch
-    sampler = a.train_dataloader().sampler
-    sampler.set_epoch(5)
-    assert all(tag == (5, i) for tag, i in zip(sampler, sampler._indices()))
+            assert flips_of(x, plain) == [batch_flipped(0, epoch, k)]
+    # the batch sampler tags each index with its epoch and batch index
+    loader = a.train_dataloader()
+    set_epoch(loader, 5)
+    order = loader.batch_sampler.sampler._indices()
+    assert list(loader.batch_sampler) == [[(5, k, i)] for k, i in enumerate(order)]
+
+
+def test_resumed_epoch_sees_the_same_batches_and_flips() -> None:
+    """Resuming after 2 of an epoch's batches: the loader continues with the uninterrupted run's 3rd batch,
+    same images, same flips (the batch index keeps counting from the resume point)."""
+    dm = make("voc", batch_size=1)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    set_epoch(loader, 4)
+    full = list(loader)
+    resumed = make("voc", batch_size=1)
+    resumed.setup("fit")
+    trainer = fake_trainer(0, 1)
+    trainer.current_epoch = 4
+    trainer.fit_loop.epoch_loop.batch_progress.current.ready = 2
+    resumed.trainer = trainer
+    rest = list(resumed.train_dataloader())
+    assert len(rest) == len(full) - 2
+    for x, y in zip(rest, full[2:], strict=True):
+        assert x["name"] == y["name"] and torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+    assert list(resumed.train_dataloader().batch_sampler)[0][0][:2] == (4, 2)
 
 
 # ----------------------------------------------------------------------------------------------- label maps
@@ -418,3 +477,27 @@ def test_train_loader_shards_across_ranks() -> None:
         shards.append([n for batch in dm.train_dataloader() for n in batch["name"]])
     assert len(shards[0]) == len(shards[1]) == 1  # 3 images, drop_last over 2 ranks
     assert not set(shards[0]) & set(shards[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32])
+def test_pil_nearest_mask_resizes_as_pil_through_a_v2_pipeline(dtype: torch.dtype) -> None:
+    """datamodules/transforms.py's mask type: v2's Resize uses PIL NEAREST on it (uint8 'L' or int32 'I' planes),
+    every other op treats it as a Mask, and the image beside it gets PIL bilinear."""
+    from torchvision.transforms import v2
+
+    from datamodules.transforms import PILNearestMask, jafar_probe_transform
+
+    rng = np.random.default_rng(0)
+    high = 256 if dtype == torch.uint8 else 70000
+    raw = rng.integers(0, high, (2, 37, 53)).astype(np.uint8 if dtype == torch.uint8 else np.int32)
+    photo = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    image, mask = jafar_probe_transform(24)(photo, PILNearestMask(torch.from_numpy(raw)))
+    assert isinstance(mask, PILNearestMask) and mask.dtype == dtype and mask.shape == (2, 24, 24)
+    left = (int(24 * 53 / 37) - 24) // 2  # 34 wide, centre crop from column 5
+    for plane, ours in zip(raw, mask):
+        expected = np.array(Image.fromarray(plane).resize((int(24 * 53 / 37), 24), Image.NEAREST))[:, left:left + 24]
+        np.testing.assert_array_equal(ours.numpy(), expected)
+    expected_image = np.asarray(photo.resize((34, 24), Image.BILINEAR), dtype=np.float32)[:, left:left + 24] / 255
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), expected_image)
+    flipped = v2.RandomHorizontalFlip(p=1.0)(mask)
+    assert isinstance(flipped, PILNearestMask) and torch.equal(flipped, mask.flip(-1))

@@ -111,10 +111,10 @@ class Backbone(nn.Module):
             raise ValueError(f"{type(self).__name__} expects a [B, 3, H, W] image batch in [0, 1], got {shape}.")
         check_patch_multiple(*image01.shape[-2:], self.patch_size, f" of {type(self).__name__}")
 
-    def _input(self, image01: Tensor) -> Tensor:
+    def _input(self, image01: Tensor, normalize: bool = True) -> Tensor:
         self.check_image(image01)
         dtype = next(self.parameters()).dtype
-        return self.normalize(image01.to(dtype))
+        return self.normalize(image01.to(dtype)) if normalize else image01.to(dtype)
 
     def forward(self, image01: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -176,10 +176,12 @@ class TimmViTBackbone(Backbone):
         self._set_normalisation(config["mean"], config["std"])
         self._freeze()
 
-    def forward(self, image01: Tensor, return_cls: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, image01: Tensor, return_cls: bool = False,
+                normalize: bool = True) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """``[B, C, H/p, W/p]`` patch-token grid; with ``return_cls=True`` also the ``[B, C]`` CLS token
-        after the final norm (the depth probe's global feature)."""
-        x = self._input(image01)
+        after the final norm (the depth probe's global feature). ``normalize=False`` feeds the image as
+        given, without the backbone's mean/std (JAFAR's depth probe fed the raw [0, 1] image)."""
+        x = self._input(image01, normalize)
         if return_cls and not self.has_cls_token:
             raise ValueError(f"Backbone {self.name!r} has no CLS token; call it with return_cls=False.")
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
@@ -219,9 +221,11 @@ class OriginalDINOv2Backbone(Backbone):
         self._set_normalisation(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)  # the release's own transforms
         self._freeze()
 
-    def forward(self, image01: Tensor, return_cls: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
-        """``[B, C, H/p, W/p]`` patch-token grid; with ``return_cls=True`` also the normalised ``[B, C]`` CLS token."""
-        x = self._input(image01)
+    def forward(self, image01: Tensor, return_cls: bool = False,
+                normalize: bool = True) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """``[B, C, H/p, W/p]`` patch-token grid; with ``return_cls=True`` also the normalised ``[B, C]`` CLS token.
+        ``normalize=False`` feeds the image as given (see :meth:`TimmViTBackbone.forward`)."""
+        x = self._input(image01, normalize)
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         with torch.no_grad():
             out = self.model.forward_features(x)
