@@ -109,10 +109,12 @@ class Backbone(nn.Module):
             raise ValueError(f"{type(self).__name__} expects a [B, 3, H, W] image batch in [0, 1], got {shape}.")
         check_patch_multiple(*image01.shape[-2:], self.patch_size, f" of {type(self).__name__}")
 
-    def _input(self, image01: Tensor) -> Tensor:
+    def _input(self, image01: Tensor, normalized: bool = False) -> Tensor:
+        """The network's input; ``normalized``: the image already is :meth:`normalize`'s output (e.g.
+        normalised, then resized, as the release's training loop does)."""
         self.check_image(image01)
         dtype = next(self.parameters()).dtype
-        return self.normalize(image01.to(dtype))
+        return image01.to(dtype) if normalized else self.normalize(image01.to(dtype))
 
     def forward(self, image01: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -174,10 +176,12 @@ class TimmViTBackbone(Backbone):
         self._set_normalisation(config["mean"], config["std"])
         self._freeze()
 
-    def forward(self, image01: Tensor, return_cls: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, image01: Tensor, return_cls: bool = False,
+                normalized: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """``[B, C, H/p, W/p]`` patch-token grid; with ``return_cls=True`` also the ``[B, C]`` CLS token
-        after the final norm (the depth probe's global feature)."""
-        x = self._input(image01)
+        after the final norm (the depth probe's global feature). ``normalized``: the image is already
+        normalised (:meth:`normalize`) rather than in [0, 1]."""
+        x = self._input(image01, normalized)
         if return_cls and not self.has_cls_token:
             raise ValueError(f"Backbone {self.name!r} has no CLS token; call it with return_cls=False.")
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
@@ -265,14 +269,15 @@ class VAEBackbone(Backbone):
         vae.load_state_dict(state, strict=True)
         return vae
 
-    def encode(self, image01: Tensor) -> Tensor:
-        """``[B, latent_channels, H/p, W/p]`` latents (posterior mode, no scaling factor)."""
-        x = self._input(image01)
+    def encode(self, image01: Tensor, normalized: bool = False) -> Tensor:
+        """``[B, latent_channels, H/p, W/p]`` latents (posterior mode, no scaling factor). ``normalized``:
+        the image is already in [-1, 1] (:meth:`normalize`) rather than in [0, 1]."""
+        x = self._input(image01, normalized)
         with torch.no_grad():
             return self.vae.encode(x).latent_dist.mode()
 
-    def forward(self, image01: Tensor) -> Tensor:
-        return self.encode(image01)
+    def forward(self, image01: Tensor, normalized: bool = False) -> Tensor:
+        return self.encode(image01, normalized)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Image in [0, 1] (clamped) from unscaled latents, e.g. UPLiFT-upsampled ones."""
