@@ -50,4 +50,5 @@ class BatchLog(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         with self.path.open("a") as log:
-            log.write(json.dumps({"rank": trainer.global_rank, "step": trainer.global_step, "names": batch["name"]}) + "\n")
+            record = {"rank": trainer.global_rank, "step": trainer.global_step, "names": batch["name"]}
+            log.write(json.dumps(record) + "\n")

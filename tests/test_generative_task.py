@@ -1,5 +1,6 @@
 """Generative UPLiFT on VAE latents: the training task, its photo data (the release's transform and
-random crops), configs/vae.yaml and the ``uplift-upscale`` command. Offline and CPU only: tiny random VAEs and UPLiFT models."""
+random crops), configs/vae.yaml and the ``uplift-upscale`` command. Offline and CPU only: tiny random
+VAEs and UPLiFT models."""
 
 from __future__ import annotations
 

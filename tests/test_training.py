@@ -121,7 +121,8 @@ def test_optimiser_is_the_releases_adam_without_schedule() -> None:
     task = tiny_task()
     optimizer = task.configure_optimizers()
     assert type(optimizer) is torch.optim.Adam  # a bare optimiser: Lightning then runs no LR scheduler
-    assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"], optimizer.defaults["betas"]) == (1e-3, 0, (0.9, 0.999))
+    defaults = optimizer.defaults
+    assert (defaults["lr"], defaults["weight_decay"], defaults["betas"]) == (1e-3, 0, (0.9, 0.999))
     assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in task.model.parameters()}
 
 
@@ -245,7 +246,8 @@ def test_ddp_two_processes_on_cpu_split_the_global_batch(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_ddp_global_batch_that_cannot_be_split_is_one_clear_error(tmp_path: Path) -> None:
-    result = _ddp_fit(tmp_path, "--trainer.max_steps", "1", "--data.batch_size", "3", "--trainer.num_sanity_val_steps", "0")
+    result = _ddp_fit(tmp_path, "--trainer.max_steps", "1", "--data.batch_size", "3",
+                      "--trainer.num_sanity_val_steps", "0")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "uplift: error: data.batch_size=3 is the global training batch and cannot be split evenly across 2 " \
            "processes" in result.stderr

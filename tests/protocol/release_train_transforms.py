@@ -61,7 +61,8 @@ def check(fixture: Fixture, case: str) -> None:
     assert_close(ours01, expected01, rtol=0, atol=1 / 255 + 1e-6, what=f"{case} image")
 
     # ---- multi-scale inputs: the task's pyramid of the same batch
-    scales = sorted((int(k.rsplit("scale", 1)[1]) for k in fixture.keys() if k.startswith(f"{case}_scale")), reverse=True)
+    scale_keys = [k for k in fixture.keys() if k.startswith(f"{case}_scale")]
+    scales = sorted((int(k.rsplit("scale", 1)[1]) for k in scale_keys), reverse=True)
     assert scales, f"{fixture.path.name}: no {case}_scale<s> keys"
     levels = {s: (size // s).bit_length() - 1 for s in scales}
     for s, level in levels.items():
