@@ -1,11 +1,13 @@
 """Images for training UPLiFT: a folder (ImageNet-style or any tree), a Hugging Face dataset, or the
 real photos bundled with scikit-image (so ``uplift fit`` runs with no data at all).
 
-Every image is resized to ``image_size x image_size`` (bilinear, as the release's
-``Resize((448, 448))``) and returned in [0, 1]; normalisation belongs to the backbone. With
-``crop: random`` (the VAE model's 1024 crops of Unsplash photos) training images are instead randomly
-cropped, at a position drawn from (seed, epoch, index) alone so runs and resumes are reproducible,
-and validation images centre-cropped; images smaller than the crop are skipped with a warning. A
+Every image becomes an ``image_size`` square in [0, 1] (normalisation belongs to the backbone) through
+the reference release's training transforms (:mod:`datamodules.transforms`), chosen by ``resize``:
+``squash`` (``Resize((S, S))``, the release's ImageNet transform for the DINO models), ``short_side``
+(``Resize(S)`` on the short side, smaller photos upsampled, then the crop: the release's VAE and
+non-ImageNet transform) or ``none`` (the photo's own resolution; photos smaller than S are skipped with a
+warning). ``crop`` is ``center`` (the release) or ``random`` (training crops at a position drawn from
+(seed, epoch, index) alone, so runs and resumes are reproducible; validation stays centre-cropped). A
 corrupt or unreadable image is skipped with a warning naming the file, and the count of skipped images
 is reported to the training task (logged as ``data/skipped_images``) instead of crashing a long run.
 """
@@ -22,8 +24,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from torchvision.transforms.v2 import functional as TF
+
 from datamodules.sampling import ShardedDataModule
-from uplift.imageio import IMAGE_EXTENSIONS, load_rgb, pil_to_tensor
+from datamodules.transforms import RESIZE_MODES, ResizeMode, release_train_transform, resize_step, to_unit_float
+from uplift.imageio import IMAGE_EXTENSIONS, load_rgb
 from uplift.imageio import list_images as _list_images
 
 __all__ = ["IMAGE_EXTENSIONS", "EMBEDDED_PHOTOS", "ImageDataModule", "ImageFolder", "list_images",
@@ -44,12 +49,6 @@ def list_images(root: str | Path) -> list[Path]:
     """All image files under ``root`` (recursive, sorted), or one clear error."""
     return _list_images(root, hint="Point `data.root` at a folder of images (any tree, e.g. ImageNet's train/ "
                                     "with class subfolders), or leave it unset to use the bundled demo photos.")
-
-
-def to_tensor(img: Image.Image, size: Optional[int]) -> Tensor:
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.BILINEAR)
-    return pil_to_tensor(img)
 
 
 class _LazyColumn:
@@ -78,26 +77,41 @@ class _Take:
         return self.items[self.indices[index]]
 
 
-CropMode = Literal["resize", "random", "center"]
+CropMode = Literal["center", "random"]
+CROP_MODES = ("center", "random")
+
+
+def check_image_options(resize: str, crop: str, prefix: str = "") -> None:
+    """One clear error for a bad ``resize`` / ``crop`` pair (``prefix``: ``data.`` for config messages)."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"{prefix}resize must be one of {', '.join(map(repr, RESIZE_MODES))}, got {resize!r}.")
+    if crop == "resize":  # the option's old value
+        raise ValueError(f"{prefix}crop: 'resize' is now `{prefix}resize: squash` (with {prefix}crop: center).")
+    if crop not in CROP_MODES:
+        raise ValueError(f"{prefix}crop must be 'center' or 'random', got {crop!r}.")
+    if crop == "random" and resize == "squash":
+        raise ValueError(f"{prefix}crop: random has nothing to crop after {prefix}resize: squash (the image already is "
+                         f"image_size square): use {prefix}resize: short_side or none with random crops.")
 
 
 class ImageFolder(Dataset):
     """Images from a list of paths or in-memory images. Returns ``None`` for unreadable files.
 
-    ``crop``: ``resize`` (to ``image_size`` squared), ``center`` or ``random`` (an ``image_size``
-    square crop; images smaller than that are skipped with a warning, returning ``None``). Random
-    crop positions come from ``(seed, epoch, index)``: index the dataset with ``(epoch, index)``
-    pairs (as :class:`EpochIndexSampler` yields them) to get new crops every epoch.
+    ``resize`` (:data:`~datamodules.transforms.RESIZE_MODES`) then ``crop``: ``center`` (the release's
+    ``CenterCrop``) or ``random`` (an ``image_size`` square at a position drawn from ``(seed, epoch,
+    index)``: index the dataset with ``(epoch, index)`` pairs, as :class:`EpochIndexSampler` yields them,
+    to get new crops every epoch). With ``resize="none"`` images smaller than the crop are skipped with a
+    warning (``None``). ``image_size=None``: images at their own size (prediction).
     """
 
     def __init__(self, items: Sequence[Any], names: Sequence[str], image_size: Optional[int],
-                 crop: CropMode = "resize", seed: int = 0) -> None:
-        if crop not in ("resize", "random", "center"):
-            raise ValueError(f"crop must be 'resize', 'random' or 'center', got {crop!r}.")
-        if crop != "resize" and image_size is None:
-            raise ValueError(f"crop={crop!r} needs an image_size.")
+                 resize: ResizeMode = "squash", crop: CropMode = "center", seed: int = 0) -> None:
+        check_image_options(resize, crop)
         self.items, self.names, self.image_size = items, list(names), image_size
-        self.crop, self.seed = crop, seed
+        self.resize, self.crop, self.seed = resize, crop, seed
+        if image_size is not None:
+            self.resize_step = resize_step(resize, image_size)
+            self.transform = release_train_transform(resize, image_size)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -109,23 +123,28 @@ class ImageFolder(Dataset):
         except Exception as err:  # corrupt, truncated, unsupported: skip it, name it
             log.warning("Skipping unreadable image %s (%s: %s)", self.names[index], type(err).__name__, err)
             return None
-        if self.crop != "resize":
-            size = self.image_size
-            if img.width < size or img.height < size:
-                log.warning("Skipping image %s: %dx%d is smaller than the %dx%d crop (data.image_size)",
-                            self.names[index], img.width, img.height, size, size)
-                return None
-            left, top = self.crop_position(img.width, img.height, index, epoch)
-            img = img.crop((left, top, left + size, top + size))
-        return {"image": to_tensor(img, self.image_size), "name": self.names[index]}
+        size = self.image_size
+        if size is not None and self.resize == "none" and (img.width < size or img.height < size):
+            log.warning("Skipping image %s: %dx%d is smaller than the %dx%d crop (data.image_size)",
+                        self.names[index], img.width, img.height, size, size)
+            return None
+        return {"image": to_unit_float(self.transform_image(img, index, epoch)), "name": self.names[index]}
+
+    def transform_image(self, img: Image.Image, index: int = 0, epoch: int = 0) -> Tensor:
+        """``[3, S, S]`` uint8 (``[3, H, W]`` without an ``image_size``) of one RGB PIL image."""
+        if self.image_size is None:
+            return TF.pil_to_tensor(img)
+        if self.crop == "center":
+            return self.transform(img)
+        img = self.resize_step(img)
+        left, top = self.crop_position(img.width, img.height, index, epoch)
+        return TF.pil_to_tensor(TF.crop(img, top, left, self.image_size, self.image_size))
 
     def crop_position(self, width: int, height: int, index: int, epoch: int = 0) -> tuple[int, int]:
-        """``(left, top)`` of the crop: centred, or drawn from ``(seed, epoch, index)`` alone."""
-        spare_x, spare_y = width - self.image_size, height - self.image_size
-        if self.crop == "center":
-            return spare_x // 2, spare_y // 2
+        """``(left, top)`` of a random crop of a (resized) ``width x height`` image, drawn from
+        ``(seed, epoch, index)`` alone."""
         rng = np.random.default_rng((self.seed, epoch, index))
-        return int(rng.integers(0, spare_x + 1)), int(rng.integers(0, spare_y + 1))
+        return int(rng.integers(0, width - self.image_size + 1)), int(rng.integers(0, height - self.image_size + 1))
 
 
 def collate_images(samples: list[Optional[dict[str, Any]]]) -> dict[str, Any]:
@@ -154,10 +173,18 @@ class ImageDataModule(ShardedDataModule):
             resized so that its short side is ``predict_size`` (``null``: kept at its own size); the
             task centre-crops it to a multiple of the patch size.
         image_size: training/validation side S (the release uses 448 for DINO models, 1024 for the VAE).
-        crop: ``resize`` (the whole image resized to S x S, as the DINO releases) or ``random``
-            (random S x S crops for training, a new position every epoch, deterministic given
-            ``seed``; centre crops for validation; images smaller than S are skipped with a
-            warning; as the VAE release's 1024 crops of Unsplash photos).
+        resize: how an image becomes S x S (:mod:`datamodules.transforms`, the release's transforms):
+            ``squash`` (``Resize((S, S))``, aspect ratio not kept: the release's ImageNet transform
+            of the DINO models), ``short_side`` (``Resize(S)``, short side S, smaller photos
+            upsampled, then the crop: the release's VAE transform and its transform for folders other
+            than ImageNet) or ``none`` (the photo's own resolution, then the crop; photos smaller than
+            S are skipped with a warning). The release chose between the first two by looking for
+            "imagenet" in the data path; here each config says which.
+        crop: ``center`` (the release) or ``random`` (training only: a new S x S position every
+            epoch, deterministic given ``seed``; validation stays centre-cropped). Not with ``squash``.
+        batch_size: the GLOBAL training batch (the release trains on one process): DDP splits it
+            evenly across the processes, and one that cannot be split is an error.
+        val_batch_size: evaluation batch per process (default: ``batch_size``).
         val_fraction / max_val_images: size of the held-out split.
     """
 
@@ -172,7 +199,8 @@ class ImageDataModule(ShardedDataModule):
         predict_root: Optional[str] = None,
         predict_size: Optional[int] = 448,
         image_size: int = 448,
-        crop: Literal["resize", "random"] = "resize",
+        resize: ResizeMode = "squash",
+        crop: CropMode = "center",
         batch_size: int = 32,
         val_batch_size: Optional[int] = None,
         num_workers: int = 4,
@@ -181,8 +209,7 @@ class ImageDataModule(ShardedDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if crop not in ("resize", "random"):
-            raise ValueError(f"data.crop must be 'resize' or 'random', got {crop!r}.")
+        check_image_options(resize, crop, prefix="data.")
         self.save_hyperparameters()
         self.train_set: Optional[ImageFolder] = None
         self.val_set: Optional[ImageFolder] = None
@@ -219,10 +246,8 @@ class ImageDataModule(ShardedDataModule):
                 val_idx, train_idx = sorted(held), [i for i in range(len(items)) if i not in held]
                 val_items, val_names = _Take(items, val_idx), [names[i] for i in val_idx]
                 items, names = _Take(items, train_idx), [names[i] for i in train_idx]
-            cropping = hp.crop == "random"  # random crops for training, centre crops for validation
-            self.train_set = ImageFolder(items, names, hp.image_size, crop="random" if cropping else "resize",
-                                         seed=hp.seed)
-            self.val_set = ImageFolder(val_items, val_names, hp.image_size, crop="center" if cropping else "resize")
+            self.train_set = ImageFolder(items, names, hp.image_size, resize=hp.resize, crop=hp.crop, seed=hp.seed)
+            self.val_set = ImageFolder(val_items, val_names, hp.image_size, resize=hp.resize, crop="center")
         if stage == "predict" and self.predict_set is None:
             if hp.predict_root:
                 files = list_images(hp.predict_root)

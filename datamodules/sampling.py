@@ -5,6 +5,10 @@ first batch, so a resumed run would see different images than the uninterrupted 
 draws each epoch's order from ``seed + epoch`` alone (no global RNG state) and, for the epoch being
 resumed, skips the samples that were already consumed. It is also the DDP sharding (rank r takes
 every world_size-th index), so the trainer runs with ``use_distributed_sampler=False``.
+
+The training batch size a datamodule is given is the GLOBAL batch, as in the papers' single-process
+runs: under DDP each of the world_size processes takes batch / world_size samples per step, so the
+recipe (samples per optimiser step, steps per epoch) does not depend on the number of devices.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from typing import Callable, Iterator, Optional
 import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+
+from uplift.errors import ConfigError
 
 __all__ = ["EpochBatchSampler", "EpochIndexSampler", "ResumableSampler", "ShardedDataModule"]
 
@@ -90,6 +96,20 @@ class ShardedDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def per_rank_batch_size(self, global_batch: int) -> int:
+        """Each process's share of the global training batch, or one error saying what to change."""
+        _, world = self.rank_world()
+        if global_batch % world:
+            raise ConfigError(
+                f"data.batch_size={global_batch} is the global training batch and cannot be split evenly across "
+                f"{world} processes (devices x nodes). Either train on a number of devices that divides "
+                f"{global_batch} (e.g. `--trainer.devices 1 --trainer.strategy auto`: the configured recipe, "
+                f"unchanged), or set data.batch_size to a multiple of {world} (e.g. "
+                f"{-(-global_batch // world) * world}), which changes the recipe: each optimiser step then "
+                f"averages more images and an epoch takes fewer steps, at the same learning rate."
+            )
+        return global_batch // world
+
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool,
                 collate_fn: Optional[Callable], batch_sampler: Optional[Sampler] = None) -> DataLoader:
         workers = self.hparams.num_workers
@@ -101,10 +121,12 @@ class ShardedDataModule(L.LightningDataModule):
     def train_loader(self, dataset: Dataset, batch_size: int, *, epoch_tagged: bool = False,
                      batch_tagged: bool = False, collate_fn: Optional[Callable] = None) -> DataLoader:
         """Shuffled, rank-sharded, last partial batch dropped; after a mid-epoch ``--ckpt_path``
-        resume it skips the samples the interrupted run consumed. ``epoch_tagged``: the dataset
+        resume it skips the samples the interrupted run consumed. ``batch_size`` is the global batch,
+        split across the DDP processes (:meth:`per_rank_batch_size`). ``epoch_tagged``: the dataset
         receives ``(epoch, index)`` pairs (:class:`EpochIndexSampler`); ``batch_tagged``: ``(epoch,
         batch index, index)`` triples (:class:`EpochBatchSampler`)."""
         rank, world = self.rank_world()
+        batch_size = self.per_rank_batch_size(batch_size)
         epoch, done = 0, 0
         if self.trainer is not None:  # Lightning restores the batch counter but restarts the loader
             epoch = self.trainer.current_epoch

@@ -1,7 +1,9 @@
 """Image and label transforms, one torchvision ``transforms.v2`` pipeline per protocol, in one place.
 
-Sections: general primitives (reusable), then JAFAR's probe protocol (the paper's Table 1: segmentation
-and depth probes). Every fact has its ``file:line`` in JAFAR's code in ``../shared/fixtures/protocol/README.md``.
+Sections: general primitives (reusable), JAFAR's probe protocol (the paper's Table 1: segmentation and depth
+probes), the UPLiFT release's training transforms. Every fact has its ``file:line`` in the published code in
+``../shared/fixtures/protocol/README.md``. Images are resized as PIL images: ``v2.Resize`` of a PIL image is PIL's
+antialiased resampling, which the published code used, while torch's tensor resize differs from it by up to 1/255.
 
 Labels travel through the pipelines as :class:`PILNearestMask`: torchvision resizes a ``tv_tensors.Mask``
 with torch ``nearest``, but the protocol resized the label *PIL image* (``Resize(NEAREST_EXACT)`` on PIL
@@ -10,7 +12,7 @@ with torch ``nearest``, but the protocol resized the label *PIL image* (``Resize
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,19 +24,42 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = [
-    "short_side_center_crop", "ToFloat01", "PILNearestMask",
+    "RESIZE_MODES", "ResizeMode", "resize_step", "short_side_center_crop", "to_unit_float", "ToFloat01", "PILNearestMask",
     "jafar_probe_transform", "batch_flipped", "da2_input", "pseudo_depth_to_target",
+    "release_train_transform", "release_vae_transform", "release_vit_transform",
 ]
 
 
 # ================================================================================ general primitives
 
 
+ResizeMode = Literal["squash", "short_side", "none"]
+#: ``squash``: ``Resize((S, S))``, the aspect ratio is not kept (the release's ImageNet transform);
+#: ``short_side``: ``Resize(S)``, short side S, long side ``int(S * long / short)``, photos smaller than S
+#: UPSAMPLED (JAFAR's probes, the release's other folders and its VAE); ``none``: the photo's own resolution.
+RESIZE_MODES: tuple[str, ...] = ("squash", "short_side", "none")
+
+
+def resize_step(mode: ResizeMode, size: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> v2.Transform:
+    """The resize of a protocol (see :data:`RESIZE_MODES`); apply it to the PIL image."""
+    if mode == "squash":
+        return v2.Resize((size, size), interpolation=interpolation, antialias=True)
+    if mode == "short_side":
+        return v2.Resize(size, interpolation=interpolation, antialias=True)
+    if mode == "none":
+        return v2.Identity()
+    raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {mode!r}.")
+
+
 def short_side_center_crop(side: int, interpolation: InterpolationMode = InterpolationMode.BILINEAR) -> v2.Compose:
-    """Short side resized to ``side`` (torchvision's ``Resize(int)``: long side ``int(side * long / short)``;
-    on a PIL image this is PIL's antialiased resampling), then the centre ``side x side`` crop. Masks follow
-    with their own resize kernel."""
-    return v2.Compose([v2.Resize(side, interpolation=interpolation, antialias=True), v2.CenterCrop(side)])
+    """Short side resized to ``side`` (torchvision's ``Resize(int)``), then the centre ``side x side`` crop.
+    Masks follow with their own resize kernel."""
+    return v2.Compose([resize_step("short_side", side, interpolation), v2.CenterCrop(side)])
+
+
+def to_unit_float(image_u8: Tensor) -> Tensor:
+    """``uint8 -> float32`` in [0, 1] exactly as v1 ``ToTensor`` (``x / 255``; see :class:`ToFloat01`)."""
+    return image_u8.float().div(255)
 
 
 class ToFloat01(v2.Transform):
@@ -48,8 +73,8 @@ class ToFloat01(v2.Transform):
         if isinstance(inpt, Image.Image):
             inpt = TF.pil_to_tensor(inpt)
         if isinstance(inpt, Tensor) and inpt.dtype == torch.uint8:
-            return tv_tensors.wrap(inpt.float().div(255), like=inpt) if isinstance(inpt, tv_tensors.TVTensor) \
-                else inpt.float().div(255)
+            return tv_tensors.wrap(to_unit_float(inpt), like=inpt) if isinstance(inpt, tv_tensors.TVTensor) \
+                else to_unit_float(inpt)
         return inpt
 
 
@@ -107,3 +132,28 @@ def pseudo_depth_to_target(predicted_depth: Tensor, size: Union[int, Sequence[in
     ``align_corners=False``, no antialias (train_probes.py:207-212)."""
     size = (size, size) if isinstance(size, int) else tuple(size)
     return F.interpolate(predicted_depth.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False)
+
+
+# ================================================================================ UPLiFT release training
+# mwalmer-umd/UPLiFT @ 85f09ee, uplift/train_uplift.py
+#
+# The release picks its transform by sniffing the data path: ``'imagenet' in dataroot`` gives the
+# squashing ``Resize((448, 448))`` (lines 149-154), any other folder ``Resize(448) + CenterCrop(448)``
+# (lines 156-162), and the VAE always ``Resize(1024) + CenterCrop(1024)`` (lines 138-144). Here the
+# choice is an explicit option (``data.resize`` of :class:`~datamodules.images.ImageDataModule`), set in
+# each config. The pipelines end in uint8 and leave normalisation to the backbone.
+
+def release_train_transform(mode: ResizeMode, size: int) -> v2.Compose:
+    """PIL RGB image -> ``[3, size, size]`` uint8: :func:`resize_step`, then ``CenterCrop(size)`` (a
+    no-op after ``squash``), as the release's ``Resize``/``CenterCrop``/``ToTensor`` (lines 132-162)."""
+    return v2.Compose([resize_step(mode, size), v2.CenterCrop(size), v2.PILToTensor()])
+
+
+def release_vit_transform(size: int = 448) -> v2.Compose:
+    """The release's DINOv2 / DINOv3 ImageNet transform ``Resize((448, 448))``, before its ``Normalize``."""
+    return release_train_transform("squash", size)
+
+
+def release_vae_transform(size: int = 1024) -> v2.Compose:
+    """The release's SD1.5-VAE transform: ``Resize(1024)`` short side, ``CenterCrop(1024)``, raw [0, 1]."""
+    return release_train_transform("short_side", size)

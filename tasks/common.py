@@ -11,7 +11,8 @@ from torch import Tensor
 
 from uplift.backbones import Backbone, BackboneConfig, check_backbone_fits
 
-__all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "crop_to_multiple", "feature_pyramid", "resize_image"]
+__all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "crop_to_multiple", "feature_pyramid", "image_pyramid",
+           "resize_image"]
 
 #: How training images are halved: ``antialias`` (bilinear, antialiased: the UPLiFT release) or
 #: ``stride`` (every other pixel, ``image[..., ::2, ::2]``: LiFT's training code).
@@ -27,25 +28,30 @@ def resize_image(image: Tensor, side_or_size: Any) -> Tensor:
 
 
 @torch.no_grad()
-def feature_pyramid(backbone: "Backbone", images: Tensor, levels: int,
-                    downsample: Downsample = "antialias") -> list[tuple[Tensor, Tensor]]:
-    """``[(image at S/2^l, backbone features of it)]`` for l = 0..levels, one backbone pass each."""
+def image_pyramid(images: Tensor, levels: int, patch_size: int, downsample: Downsample = "antialias") -> list[Tensor]:
+    """``images`` halved ``levels`` times (``[S, S/2, ..., S/2^levels]``), every level a whole number of patches,
+    or one error naming the ``data.image_size`` that works."""
     if downsample not in ("antialias", "stride"):
         raise ValueError(f"downsample must be 'antialias' or 'stride', got {downsample!r}.")
-    height, side = images.shape[-2:]
-    p = backbone.patch_size
-    pyramid = []
-    for level in range(levels + 1):
-        size = (height >> level, side >> level)
-        if size[0] % p or size[1] % p or size[0] << level != height or size[1] << level != side:
-            raise ValueError(
-                f"Training image size {height}x{side} cannot be halved {levels} times into "
-                f"multiples of the patch size {p} (depth {levels} needs sides divisible by {p << levels}); "
-                f"set data.image_size to a multiple of {p << levels} (e.g. {max(1, round(side / (p << levels))) * (p << levels)})."
-            )
-        scaled = resize_image(images, size) if downsample == "antialias" else images[..., :: 1 << level, :: 1 << level]
-        pyramid.append((scaled, backbone(scaled).float()))
-    return pyramid
+    height, width = images.shape[-2:]
+    p, factor = patch_size, 1 << levels
+    if height % (p * factor) or width % (p * factor):
+        raise ValueError(
+            f"Training image size {height}x{width} cannot be halved {levels} times into multiples of the patch size "
+            f"{p} (depth {levels} needs sides divisible by {p * factor}); set data.image_size to a multiple of "
+            f"{p * factor} (e.g. {max(1, round(width / (p * factor))) * p * factor}).")
+    if downsample == "stride":
+        return [images[..., :: 1 << level, :: 1 << level] for level in range(levels + 1)]
+    return [resize_image(images, (height >> level, width >> level)) for level in range(levels + 1)]
+
+
+@torch.no_grad()
+def feature_pyramid(backbone: "Backbone", images: Tensor, levels: int, downsample: Downsample = "antialias",
+                    normalize: bool = True) -> list[tuple[Tensor, Tensor]]:
+    """``[(image at S/2^l, backbone features of it)]`` for l = 0..levels (:func:`image_pyramid`), one backbone pass
+    each; ``normalize=False``: the images already are the backbone's normalised input."""
+    return [(scaled, backbone(scaled, normalize=normalize).float())
+            for scaled in image_pyramid(images, levels, backbone.patch_size, downsample)]
 
 
 @torch.no_grad()

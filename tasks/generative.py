@@ -1,9 +1,9 @@
 """Train UPLiFT on the latents of a frozen VAE (SD1.5's ``AutoencoderKL``): the paper's generative model.
 
 The objective is the predictive task's multi-depth one (paper Eq. 1-5), in latent space: for every
-depth d (the release: {1, 2, 3, 4} on 1024 px random crops of Unsplash-Lite photos) the model gets the
-image at S/2^d and its latents, runs d 2x steps, and step k is compared (MSE) with the latents of the
-image at S/2^(d-k). Latents are the VAE posterior's mode WITHOUT the 0.18215 scaling factor, as the
+depth d (the release: {1, 2, 3, 4} on Unsplash-Lite photos, short side resized to 1024 and centre-cropped)
+the model gets the image at S/2^d and its latents, runs d 2x steps, and step k is compared (MSE) with
+the latents of the image at S/2^(d-k). Latents are the VAE posterior's mode WITHOUT the 0.18215 scaling factor, as the
 release uses them, and the UPLiFT encoder sees the raw [0, 1] image (``raw_image_guide``).
 
 What differs from :class:`~tasks.predictive.PredictiveTask` (paper appendix B.1):
@@ -11,7 +11,11 @@ What differs from :class:`~tasks.predictive.PredictiveTask` (paper appendix B.1)
 - the ~53.5M-parameter architecture (``UPLiFTConfig.preset("sd15-vae")``: LayerNorm, noise channels,
   refiner) by default;
 - noise augmentation: N(0, ``latent_noise``^2) is added to the *input* latents of every depth during
-  training (never to the targets, never at validation);
+  training (never at validation). The release adds it in place (train_uplift.py:300-302, ``feat_in +=
+  noise``) to the latents it also uses as targets, so a level that was a shallower depth's noisy input
+  is a noisy target of the deeper depths' intermediate steps (only the full-size target stays clean);
+  that is the default, and ``clean_targets=True`` keeps every target clean, as the paper's text (input
+  augmentation) describes;
 - validation also logs decoded pictures to TensorBoard (``val/preview_<i>``), one row per held-out image:
   the low-res input | bilinearly upsampled latents, decoded | UPLiFT's latents, decoded and colour
   corrected | the original.
@@ -49,6 +53,9 @@ class GenerativeTask(PredictiveTask):
         lr: Adam learning rate (the release: 1e-3, no schedule, no weight decay).
         latent_noise: standard deviation of the Gaussian noise added to the input latents of every
             depth in training (the release: 1.0; 0 turns the augmentation off).
+        clean_targets: ``False`` (the release): a latent that a depth received with noise is, with that
+            same noise, the target of deeper depths' steps at its size; ``True``: targets are always
+            the clean latents.
         preview_images: how many held-out images get a decoded preview row in TensorBoard at each
             validation (0: none).
         preview_steps: 2x steps of the previews (the input is the image at S / 2^steps); at most
@@ -66,6 +73,7 @@ class GenerativeTask(PredictiveTask):
         depths: list[int] = [1, 2, 3, 4],  # noqa: B006 - jsonargparse needs a literal default
         lr: float = 1e-3,
         latent_noise: float = 1.0,
+        clean_targets: bool = False,
         preview_images: int = 2,
         preview_steps: int = 2,
         init_weights: Optional[str] = None,
@@ -81,13 +89,13 @@ class GenerativeTask(PredictiveTask):
             raise ValueError(f"preview_steps must be a positive number of 2x steps, got {preview_steps}.")
         if not hasattr(self.backbone, "decode"):
             raise ValueError(f"The generative task needs a VAE backbone (`backbone.kind: vae`), got {backbone.name!r}.")
-        self.latent_noise = float(latent_noise)
+        self.latent_noise, self.clean_targets = float(latent_noise), bool(clean_targets)
         self.preview_images, self.preview_steps = int(preview_images), int(preview_steps)
         self._previewed = 0
 
     # ------------------------------------------------------------------ training
     def model_input(self, features: Tensor) -> Tensor:
-        """Noise augmentation of the input latents, in training only (targets stay clean)."""
+        """Noise augmentation of the input latents, in training only."""
         if self.training and self.latent_noise > 0:
             # Drawn from (global step, latent size) alone, so a run resumed with --ckpt_path adds the
             # same noise as the uninterrupted run (Lightning does not checkpoint RNG states).
@@ -95,6 +103,13 @@ class GenerativeTask(PredictiveTask):
             noise = torch.randn(features.shape, generator=generator, device=features.device, dtype=features.dtype)
             return features + self.latent_noise * noise
         return features
+
+    def step_targets(self, clean: list[Tensor], inputs: dict[int, Tensor]) -> list[Tensor]:
+        """The release's targets: level l >= 1 is what depth l received (noisy when augmented), since the
+        release adds the noise to the same tensor in place; ``clean_targets``: the clean latents."""
+        if self.clean_targets:
+            return clean
+        return [inputs.get(level, features) for level, features in enumerate(clean)]  # level 0 is no input
 
     # ------------------------------------------------------------------ validation pictures
     def on_validation_epoch_start(self) -> None:

@@ -4,6 +4,11 @@ For every depth d (default {1, 2, 3}) the model sees the image at S/2^d and the 
 features of that image, runs d 2x steps, and step k is compared (MSE) with the backbone's features
 of the image at S/2^(d-k) (paper Eq. 1-5). The backbone runs once per image size per batch and the
 features are shared between depths: for depths {1, 2, 3} that is 4 backbone passes, not 9.
+
+The smaller images are made as the release makes them (train_uplift.py:241-256): ``TVF.resize`` (bilinear,
+antialiased) of the batch its loader produced, which is backbone-normalised for the ViTs and raw [0, 1]
+for the VAE; that is, of the image the UPLiFT encoder is guided by. The release's order, normalise then
+resize, is kept: the other order differs only by float rounding (~1e-6).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 
-from tasks.common import BackboneConfig, check_backbone_fits, crop_to_multiple, feature_pyramid
+from tasks.common import BackboneConfig, check_backbone_fits, crop_to_multiple, image_pyramid
 from uplift import UPLiFT, UPLiFTConfig
 from uplift.checkpoints import load_state_dict_strict
 from uplift.visualize import feature_panels, save_png
@@ -77,9 +82,18 @@ class PredictiveTask(L.LightningModule):
         """The image the UPLiFT encoder sees: backbone-normalised, or raw for ``raw_image_guide``."""
         return image01 if self.model.config.raw_image_guide else self.backbone.normalize(image01)
 
-    def feature_pyramid(self, images: Tensor, levels: int) -> list[tuple[Tensor, Tensor]]:
-        """``[(image at S/2^l, backbone features of it)]`` for l = 0..levels, one backbone pass each."""
-        return feature_pyramid(self.backbone, images, levels)
+    @torch.no_grad()
+    def guide_pyramid(self, images01: Tensor, levels: int) -> list[Tensor]:
+        """The guide images (:meth:`guide_image`) at S/2^l for l = 0..levels: the full-size batch is
+        normalised first, then resized, as the release does (see the module docstring)."""
+        return image_pyramid(self.guide_image(images01), levels, self.backbone.patch_size)
+
+    @torch.no_grad()
+    def feature_pyramid(self, images01: Tensor, levels: int) -> list[tuple[Tensor, Tensor]]:
+        """``[(guide image at S/2^l, backbone features of that image)]`` for l = 0..levels, one backbone
+        pass each (a normalised guide goes to the backbone as it is; a raw one is normalised by it)."""
+        raw = self.model.config.raw_image_guide
+        return [(guide, self.backbone(guide, normalize=raw).float()) for guide in self.guide_pyramid(images01, levels)]
 
     def _track_skipped(self, batch: dict[str, Any]) -> None:
         self._skipped_images += int(batch.get("skipped", 0))
@@ -91,16 +105,21 @@ class PredictiveTask(L.LightningModule):
         Identity here; the generative task adds its latent noise augmentation."""
         return features
 
+    def step_targets(self, clean: list[Tensor], inputs: dict[int, Tensor]) -> list[Tensor]:
+        """The target features of each pyramid level, given every level's clean features and each
+        depth's (possibly augmented) input. The backbone's own here; see the generative task."""
+        return clean
+
     def multi_depth_loss(self, images: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The UPLiFT objective (paper Eq. 5) for a batch of [0, 1] images, and its d/step terms."""
         pyramid = self.feature_pyramid(images, max(self.depths))
+        inputs = {depth: self.model_input(pyramid[depth][1]) for depth in self.depths}
+        targets = self.step_targets([features for _, features in pyramid], inputs)
         terms = {}
         for depth in self.depths:
-            image, features = pyramid[depth]
-            inputs = self.model_input(features)
-            outputs = self.model(self.guide_image(image), inputs, steps=depth, return_all_steps=True)
+            outputs = self.model(pyramid[depth][0], inputs[depth], steps=depth, return_all_steps=True)
             for step, output in enumerate(outputs, start=1):
-                terms[f"d{depth}_step{step}"] = F.mse_loss(output.float(), pyramid[depth - step][1])
+                terms[f"d{depth}_step{step}"] = F.mse_loss(output.float(), targets[depth - step])
         return torch.stack(list(terms.values())).sum(), terms
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[Tensor]:
@@ -136,8 +155,8 @@ class PredictiveTask(L.LightningModule):
         batch_size = target.shape[0]
         errors: dict[str, list[Tensor]] = {"uplift": [], "bilinear": []}
         for depth in self.depths:
-            image, features = pyramid[depth]
-            upsampled = self.model(self.guide_image(image), features, steps=depth).float()
+            guide, features = pyramid[depth]
+            upsampled = self.model(guide, features, steps=depth).float()
             bilinear = F.interpolate(features, size=target.shape[-2:], mode="bilinear", align_corners=False)
             for name, pred in (("uplift", upsampled), ("bilinear", bilinear)):
                 err = F.mse_loss(pred, target)
@@ -147,7 +166,7 @@ class PredictiveTask(L.LightningModule):
             self.log(f"{stage}/mse_{name}", torch.stack(errs).mean(), batch_size=batch_size, sync_dist=True,
                      prog_bar=name == "uplift")
         if stage == "val" and batch_idx == 0 and self.pca_images > 0:
-            self._log_pca(batch["image"][: self.pca_images], pyramid[0][1][: self.pca_images])
+            self._log_pca(batch["image"][: self.pca_images], target[: self.pca_images])
 
     @torch.no_grad()
     def pca_picture(self, image01: Tensor, features: Optional[Tensor] = None, steps: Optional[int] = None) -> Tensor:

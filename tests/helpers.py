@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+
 from uplift import BlockGroupConfig, RefinerConfig, UPLiFTConfig
 
 
@@ -34,3 +39,16 @@ def tiny_vae_config(**overrides) -> UPLiFTConfig:
     )
     fields.update(overrides)
     return UPLiFTConfig(**fields)
+
+
+class BatchLog(Callback):
+    """Appends one JSON line per training batch to ``path``: the rank, the step and the image names
+    (for the DDP tests, which run the CLI in subprocesses)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with self.path.open("a") as log:
+            record = {"rank": trainer.global_rank, "step": trainer.global_step, "names": batch["name"]}
+            log.write(json.dumps(record) + "\n")

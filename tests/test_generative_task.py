@@ -1,5 +1,6 @@
-"""Generative UPLiFT on VAE latents: the training task, random-crop photo data, configs/vae.yaml and
-the ``uplift-upscale`` command. Offline and CPU only: tiny random VAEs and UPLiFT models."""
+"""Generative UPLiFT on VAE latents: the training task, its photo data (the release's transform and
+random crops), configs/vae.yaml and the ``uplift-upscale`` command. Offline and CPU only: tiny random
+VAEs and UPLiFT models."""
 
 from __future__ import annotations
 
@@ -123,35 +124,48 @@ def _capture_targets(monkeypatch) -> list[torch.Tensor]:
     return targets
 
 
-def test_latent_noise_is_added_to_training_inputs_only(monkeypatch) -> None:
-    task = tiny_task(latent_noise=1.0)
+def test_latent_noise_on_training_inputs_reaches_targets_as_in_the_release(monkeypatch) -> None:
+    task = tiny_task(latent_noise=1.0, depths=[1, 2, 3])
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    clean = [latents for _, latents in task.feature_pyramid(images, 2)]  # 64, 32, 16 px
+    clean = [latents for _, latents in task.feature_pyramid(images, 3)]  # 64, 32, 16, 8 px
     inputs, targets = _capture_model_inputs(task, monkeypatch), _capture_targets(monkeypatch)
 
     task.train()
     loss = task.training_step({"image": images, "skipped": 0}, 0)
-    assert loss.requires_grad and len(inputs) == 2
+    assert loss.requires_grad and len(inputs) == 3
     for depth, given in zip(task.depths, inputs):  # each depth's input: its latents + N(0, 1)
         noise = given - clean[depth]
         assert noise.abs().min() > 0 and 0.7 < float(noise.std()) < 1.3 and abs(float(noise.mean())) < 0.3
-    # targets are the clean latents: d1 -> 64 px; d2 -> 32 px then 64 px
-    assert len(targets) == 3
-    for target, expected in zip(targets, [clean[0], clean[1], clean[0]]):
+    # The release adds the noise in place (train_uplift.py:300-302): a level that was depth l's noisy input
+    # is, with the same noise, the target of deeper depths' steps at that size; the full size stays clean.
+    # d1 -> 64 px; d2 -> 32 px (d1's input), 64 px; d3 -> 16 px (d2's input), 32 px (d1's input), 64 px
+    noisy = {depth: given for depth, given in zip(task.depths, inputs)}
+    assert len(targets) == 6
+    for target, expected in zip(targets, [clean[0], noisy[1], clean[0], noisy[2], noisy[1], clean[0]]):
+        torch.testing.assert_close(target, expected, rtol=0, atol=0)
+
+    inputs.clear(), targets.clear()  # the corrected option: every target is the clean latents
+    fixed = tiny_task(latent_noise=1.0, depths=[1, 2, 3], clean_targets=True)
+    monkeypatch.setattr(fixed.model, "forward", task.model.forward)  # the capturing wrapper
+    fixed.train()
+    fixed.training_step({"image": images, "skipped": 0}, 0)
+    assert len(inputs) == 3 and not torch.equal(inputs[0], clean[1])
+    for target, expected in zip(targets, [clean[0], clean[1], clean[0], clean[2], clean[1], clean[0]]):
         torch.testing.assert_close(target, expected, rtol=0, atol=0)
 
     inputs.clear()
     task.eval()  # validation: no augmentation
     task.validation_step({"image": images, "skipped": 0}, 0)
-    assert len(inputs) == 2
+    assert len(inputs) == 3
     for depth, given in zip(task.depths, inputs):
         torch.testing.assert_close(given, clean[depth], rtol=0, atol=0)
 
     inputs.clear()
-    off = tiny_task(latent_noise=0.0)
+    off = tiny_task(latent_noise=0.0, depths=[1, 2, 3])
     monkeypatch.setattr(off.model, "forward", task.model.forward)  # the capturing wrapper
     off.train()
     off.training_step({"image": images, "skipped": 0}, 0)
+    assert len(inputs) == 3
     for depth, given in zip(off.depths, inputs):
         torch.testing.assert_close(given, clean[depth], rtol=0, atol=0)
 
@@ -160,7 +174,7 @@ def test_defaults_are_the_release_run() -> None:
     params = inspect.signature(GenerativeTask).parameters
     assert params["uplift"].default == UPLiFTConfig.preset("sd15-vae")
     assert params["depths"].default == [1, 2, 3, 4] and params["lr"].default == 1e-3
-    assert params["latent_noise"].default == 1.0
+    assert params["latent_noise"].default == 1.0 and params["clean_targets"].default is False
     backbone = params["backbone"].default
     assert (backbone.name, backbone.kind, backbone.pretrained) == ("stable-diffusion-v1-5/stable-diffusion-v1-5", "vae", True)
     optimizer = tiny_task().configure_optimizers()
@@ -173,15 +187,19 @@ def test_paper_config_resolves_to_the_release_run(capsys) -> None:
     assert exit_info.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     trainer, model, data = config["trainer"], config["model"], config["data"]
-    assert (trainer["precision"], trainer["strategy"], trainer["devices"], trainer["max_epochs"]) == ("bf16-mixed", "ddp", -1, 5)
+    # the release: float32, one process (its batch of 1 cannot be split across GPUs), 5 epochs
+    assert (trainer["precision"], trainer["devices"], trainer["max_epochs"]) == ("32-true", 1, 5)
     assert model["class_path"] == "tasks.GenerativeTask"
     args = model["init_args"]
     assert args["depths"] == [1, 2, 3, 4] and args["lr"] == 0.001 and args["latent_noise"] == 1.0
+    assert args["clean_targets"] is False
     assert args["backbone"]["kind"] == "vae" and args["backbone"]["pretrained"] is True
     uplift = UPLiFTConfig.from_dict(args["uplift"])
     assert uplift == UPLiFTConfig.preset("sd15-vae") and UPLiFT(uplift).num_parameters() == 53_487_445
     assert data["init_args"]["root"] == "/data/my-photos"
-    assert (data["init_args"]["image_size"], data["init_args"]["crop"], data["init_args"]["batch_size"]) == (1024, "random", 1)
+    data_args = data["init_args"]  # the release's transform: short side 1024 + centre crop; global batch 1
+    assert (data_args["image_size"], data_args["resize"], data_args["crop"], data_args["batch_size"]) == \
+        (1024, "short_side", "center", 1)
     callbacks = [c["class_path"] for c in trainer["callbacks"]]
     assert callbacks[-1] == "tasks.callbacks.RunCheckpoint"
 
@@ -201,8 +219,9 @@ def test_batch_of_skipped_images_under_ddp_still_runs_backward() -> None:
 
 
 def _random_crop_data(seed: int = 0, **kwargs) -> ImageDataModule:
-    data = ImageDataModule(root=str(PHOTOS), crop="random", image_size=64, batch_size=2, num_workers=0,
-                           val_fraction=0.25, seed=seed, **kwargs)
+    """Random crops of the photos at their own resolution (``resize: none``)."""
+    data = ImageDataModule(root=str(PHOTOS), resize="none", crop="random", image_size=64, batch_size=2,
+                           num_workers=0, val_fraction=0.25, seed=seed, **kwargs)
     data.setup("fit")
     return data
 
@@ -241,7 +260,7 @@ def test_validation_uses_centre_crops() -> None:
             continue
         with Image.open(name) as photo:
             full = torch.from_numpy(np.array(photo.convert("RGB"))).permute(2, 0, 1).float() / 255
-        top, left = (full.shape[-2] - 64) // 2, (full.shape[-1] - 64) // 2
+        top, left = round((full.shape[-2] - 64) / 2), round((full.shape[-1] - 64) / 2)  # torchvision's CenterCrop
         torch.testing.assert_close(sample["image"], full[:, top : top + 64, left : left + 64], rtol=0, atol=0)
         torch.testing.assert_close(data.val_set[i]["image"], sample["image"], rtol=0, atol=0)
 
@@ -254,15 +273,51 @@ def test_resumed_epoch_skips_exactly_the_consumed_crops() -> None:
 
 def test_images_smaller_than_the_crop_are_skipped_with_a_warning(caplog) -> None:
     names = [str(PHOTOS / n) for n in ("small_48x40.jpg", "narrow_120x56.jpg", "photo_00.jpg")]
-    folder = ImageFolder(names, names, image_size=64, crop="random")
+    folder = ImageFolder(names, names, image_size=64, resize="none", crop="random")
     with caplog.at_level(logging.WARNING):
         batch = collate_images([folder[(0, i)] for i in range(3)])
     assert batch["image"].shape == (1, 3, 64, 64) and batch["skipped"] == 2 and batch["name"] == [names[2]]
     messages = [r.getMessage() for r in caplog.records]
     assert any("small_48x40.jpg" in m and "48x40 is smaller than the 64x64 crop" in m for m in messages)
     assert any("narrow_120x56.jpg" in m for m in messages)
-    # resize mode (the default) keeps them: backwards compatible
+    # the release's resizes keep them: squash (the default) and short_side (upsampled)
     assert ImageFolder(names, names, image_size=64)[0]["image"].shape == (3, 64, 64)
+    assert ImageFolder(names, names, image_size=64, resize="short_side")[0]["image"].shape == (3, 64, 64)
+
+
+def test_release_vae_transform_upsamples_small_photos_then_centre_crops() -> None:
+    """``resize: short_side``: short side to S (PIL bilinear), long side int(S * long / short), photos
+    smaller than S upsampled (none skipped), then the centre S x S crop; train and validation alike."""
+    data = ImageDataModule(root=str(PHOTOS), val_root=str(PHOTOS), resize="short_side", image_size=64,
+                           num_workers=0)
+    data.setup("fit")
+    for name in ("small_48x40.jpg", "narrow_120x56.jpg", "photo_03.jpg"):
+        index = next(i for i, n in enumerate(data.train_set.names) if n.endswith(name))
+        with Image.open(data.train_set.items[index]) as photo:
+            photo = photo.convert("RGB")
+            w, h = photo.size
+            size = (int(64 * w / h), 64) if h <= w else (64, int(64 * h / w))
+            resized = np.asarray(photo.resize(size, Image.BILINEAR))
+        top, left = round((size[1] - 64) / 2), round((size[0] - 64) / 2)
+        expected = torch.from_numpy(resized[top : top + 64, left : left + 64].copy()).permute(2, 0, 1).float() / 255
+        for dataset in (data.train_set, data.val_set):
+            torch.testing.assert_close(dataset[index]["image"], expected, rtol=0, atol=0)
+
+
+def test_random_crops_of_short_side_resized_photos() -> None:
+    data = ImageDataModule(root=str(PHOTOS), resize="short_side", crop="random", image_size=64, num_workers=0,
+                           val_fraction=0.25)
+    data.setup("fit")
+    index = next(i for i, n in enumerate(data.train_set.names) if "photo_03" in n)  # 256x170 -> 96x64
+    crops = [data.train_set[(epoch, index)]["image"] for epoch in range(4)]
+    assert all(c.shape == (3, 64, 64) for c in crops)
+    assert len({tuple(c[0, 0, :4].tolist()) for c in crops}) > 1, "crop positions vary with the epoch"
+    with Image.open(data.train_set.items[index]) as photo:
+        resized = torch.from_numpy(np.asarray(photo.convert("RGB").resize((96, 64), Image.BILINEAR)).copy())
+    resized = resized.permute(2, 0, 1).float() / 255
+    left, top = data.train_set.crop_position(96, 64, index, epoch=2)
+    assert top == 0 and 0 <= left <= 32
+    torch.testing.assert_close(crops[2], resized[:, :, left : left + 64], rtol=0, atol=0)
 
 
 def test_grayscale_and_rgba_photos_become_rgb_crops() -> None:
@@ -270,15 +325,21 @@ def test_grayscale_and_rgba_photos_become_rgb_crops() -> None:
     with Image.open(names[0]) as gray, Image.open(names[1]) as rgba:
         assert (gray.mode, rgba.mode) == ("L", "RGBA")
     for crop in ("random", "center"):
-        folder = ImageFolder(names, names, image_size=64, crop=crop)
+        folder = ImageFolder(names, names, image_size=64, resize="none", crop=crop)
         gray_crop, rgba_crop = folder[(0, 0)]["image"], folder[(0, 1)]["image"]
         assert gray_crop.shape == rgba_crop.shape == (3, 64, 64)
         assert torch.equal(gray_crop[0], gray_crop[1]) and torch.equal(gray_crop[1], gray_crop[2])
 
 
-def test_unknown_crop_mode_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="data.crop must be 'resize' or 'random'"):
+def test_bad_resize_and_crop_options_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="data.crop must be 'center' or 'random', got 'square'"):
         ImageDataModule(crop="square")
+    with pytest.raises(ValueError, match="data.resize must be one of 'squash', 'short_side', 'none', got 'fit'"):
+        ImageDataModule(resize="fit")
+    with pytest.raises(ValueError, match="data.crop: 'resize' is now `data.resize: squash`"):
+        ImageDataModule(crop="resize")
+    with pytest.raises(ValueError, match="crop: random has nothing to crop after data.resize: squash"):
+        ImageDataModule(crop="random")
 
 
 # ---------------------------------------------------------------------------------------- upscale

@@ -471,7 +471,7 @@ def test_val_loader_shards_every_sample_exactly_once(tmp_path: Path) -> None:
 def test_train_loader_shards_across_ranks() -> None:
     shards = []
     for rank in range(2):
-        dm = make("voc", batch_size=1)
+        dm = make("voc", batch_size=2)  # the global batch: 1 image per rank per step
         dm.trainer = fake_trainer(rank, 2)
         dm.setup("fit")
         shards.append([n for batch in dm.train_dataloader() for n in batch["name"]])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -97,6 +99,42 @@ def test_saved_config_reproduces_the_run(tmp_path: Path) -> None:
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.parametrize(("name", "depths"), [("dinov2_s14", [1, 2, 3]), ("dinov3_splus16", [1, 2])])
+def test_paper_configs_resolve_to_the_release_run(name: str, depths: list[int], capsys) -> None:
+    """The release's DINO runs (train_uplift.py and its configs): ImageNet squashed to 448x448, a global batch
+    of 32, Adam 1e-3 without schedule, 1 epoch, float32; DDP keeps the global batch (and its BatchNorm)."""
+    import yaml
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / f"{name}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    trainer, model, data = config["trainer"], config["model"]["init_args"], config["data"]["init_args"]
+    assert (trainer["max_epochs"], trainer["precision"], trainer["strategy"], trainer["sync_batchnorm"]) == \
+        (1, "32-true", "ddp", True)
+    assert (model["lr"], model["depths"]) == (0.001, depths)
+    assert (data["image_size"], data["resize"], data["crop"], data["batch_size"]) == (448, "squash", "center", 32)
+
+
+def test_optimiser_is_the_releases_adam_without_schedule() -> None:
+    """train_uplift.py:184: ``torch.optim.Adam(uplift.parameters(), lr)``; no scheduler, no weight decay."""
+    task = tiny_task()
+    optimizer = task.configure_optimizers()
+    assert type(optimizer) is torch.optim.Adam  # a bare optimiser: Lightning then runs no LR scheduler
+    defaults = optimizer.defaults
+    assert (defaults["lr"], defaults["weight_decay"], defaults["betas"]) == (1e-3, 0, (0.9, 0.999))
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in task.model.parameters()}
+
+
+def test_quickstart_takes_the_release_transform_for_non_imagenet_folders(capsys) -> None:
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    assert (data["resize"], data["crop"]) == ("short_side", "center")
+
+
 def test_cli_version_and_module_entry() -> None:
     result = subprocess.run([sys.executable, "-m", "tasks", "--version"], capture_output=True, text=True, check=True)
     assert result.stdout.strip().startswith("uplift 0.")
@@ -172,23 +210,71 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     assert resumed == uninterrupted[4:], (resumed, uninterrupted[4:])
 
 
-@pytest.mark.slow
-def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
+def _ddp_fit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``uplift fit`` of the tiny predictive config with DDP over 2 CPU processes."""
     import socket
 
     with socket.socket() as probe:  # a port that is free now, rather than Lightning's guess
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "tasks", "fit", "--config", str(CONF), "--trainer.strategy", "ddp",
-         "--trainer.devices", "2", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path),
-         "--data.root", str(IMAGENET / "train"), "--data.val_root", str(IMAGENET / "val")],
+         "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path),
+         "--data.root", str(IMAGENET / "train"), "--data.val_root", str(IMAGENET / "val"), *args],
         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
     )
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_split_the_global_batch(tmp_path: Path) -> None:
+    """data.batch_size is the global batch: 4 over 2 processes is 2 different images per process per step."""
+    log = tmp_path / "batches.jsonl"
+    result = _ddp_fit(tmp_path, "--trainer.max_steps", "2", "--data.batch_size", "4",
+                      "--trainer.callbacks+=tests.helpers.BatchLog", f"--trainer.callbacks.path={log}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
     assert "`Trainer.fit` stopped: `max_steps=2` reached." in result.stderr + result.stdout
+    batches = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((b["rank"], b["step"]) for b in batches) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(len(b["names"]) == 2 for b in batches), batches  # 4 / 2 processes
+    for step in (0, 1):  # each global step: 4 different images
+        names = [n for b in batches if b["step"] == step for n in b["names"]]
+        assert len(set(names)) == 4, batches
+    assert len({n for b in batches for n in b["names"]}) == 8  # the 8 training images, each once
+
+
+@pytest.mark.slow
+def test_ddp_global_batch_that_cannot_be_split_is_one_clear_error(tmp_path: Path) -> None:
+    result = _ddp_fit(tmp_path, "--trainer.max_steps", "1", "--data.batch_size", "3",
+                      "--trainer.num_sanity_val_steps", "0")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "uplift: error: data.batch_size=3 is the global training batch and cannot be split evenly across 2 " \
+           "processes" in result.stderr
+    assert "set data.batch_size to a multiple of 2 (e.g. 4), which changes the recipe" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _loader_of_rank(data: ImageDataModule, rank: int, world_size: int):
+    progress = SimpleNamespace(current=SimpleNamespace(ready=0))
+    data.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, current_epoch=0,
+                                   fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+    return data.train_dataloader()
+
+
+def test_batch_size_is_the_global_batch() -> None:
+    data = ImageDataModule(root=str(IMAGENET / "train"), val_root=str(IMAGENET / "val"), image_size=28, batch_size=4,
+                           num_workers=0)
+    data.setup("fit")
+    assert data.train_dataloader().batch_size == 4  # one process: the whole batch
+    loaders = [_loader_of_rank(data, rank, 2) for rank in (0, 1)]
+    assert [loader.batch_size for loader in loaders] == [2, 2]
+    first = [next(iter(loader))["name"] for loader in loaders]
+    assert len(set(first[0]) | set(first[1])) == 4, "the ranks share out 4 different images"
+    assert [len(loader) for loader in loaders] == [2, 2]  # 8 images / global batch 4 = 2 steps, on any world size
+    with pytest.raises(ValueError, match=r"data.batch_size=4 is the global training batch and cannot be split evenly "
+                                         r"across 3 processes.*--trainer.devices 1.*multiple of 3 \(e.g. 6\)"):
+        _loader_of_rank(data, 0, 3)
 
 
 def test_bf16_mixed_on_cpu(tmp_path: Path) -> None:

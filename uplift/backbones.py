@@ -112,6 +112,9 @@ class Backbone(nn.Module):
         check_patch_multiple(*image01.shape[-2:], self.patch_size, f" of {type(self).__name__}")
 
     def _input(self, image01: Tensor, normalize: bool = True) -> Tensor:
+        """The network's input: the [0, 1] image normalised, or with ``normalize=False`` the image as given (already
+        :meth:`normalize`'s output, e.g. normalised then resized as the release's training loop does, or the raw
+        [0, 1] image that JAFAR's depth probe feeds the backbone)."""
         self.check_image(image01)
         dtype = next(self.parameters()).dtype
         return self.normalize(image01.to(dtype)) if normalize else image01.to(dtype)
@@ -180,7 +183,7 @@ class TimmViTBackbone(Backbone):
                 normalize: bool = True) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """``[B, C, H/p, W/p]`` patch-token grid; with ``return_cls=True`` also the ``[B, C]`` CLS token
         after the final norm (the depth probe's global feature). ``normalize=False`` feeds the image as
-        given, without the backbone's mean/std (JAFAR's depth probe fed the raw [0, 1] image)."""
+        given (see :meth:`Backbone._input`)."""
         x = self._input(image01, normalize)
         if return_cls and not self.has_cls_token:
             raise ValueError(f"Backbone {self.name!r} has no CLS token; call it with return_cls=False.")
@@ -306,14 +309,15 @@ class VAEBackbone(Backbone):
         vae.load_state_dict(state, strict=True)
         return vae
 
-    def encode(self, image01: Tensor) -> Tensor:
-        """``[B, latent_channels, H/p, W/p]`` latents (posterior mode, no scaling factor)."""
-        x = self._input(image01)
+    def encode(self, image01: Tensor, normalize: bool = True) -> Tensor:
+        """``[B, latent_channels, H/p, W/p]`` latents (posterior mode, no scaling factor). ``normalize=False``:
+        the image is already in [-1, 1] (:meth:`normalize`) rather than in [0, 1]."""
+        x = self._input(image01, normalize)
         with torch.no_grad():
             return self.vae.encode(x).latent_dist.mode()
 
-    def forward(self, image01: Tensor) -> Tensor:
-        return self.encode(image01)
+    def forward(self, image01: Tensor, normalize: bool = True) -> Tensor:
+        return self.encode(image01, normalize)
 
     def decode(self, latents: Tensor) -> Tensor:
         """Image in [0, 1] (clamped) from unscaled latents, e.g. UPLiFT-upsampled ones."""
