@@ -39,10 +39,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.images import load_rgb
 from datamodules.sampling import ShardedDataModule
 from datamodules.transforms import batch_flipped, da2_input, jafar_probe_transform, pseudo_depth_to_target
-from uplift.hub import WeightsUnavailableError
+from uplift.errors import WeightsUnavailableError
+from uplift.imageio import load_rgb
 
 __all__ = ["COCODepthDataModule", "DepthDataset", "build_depth_model", "coco_split_images", "pseudo_depth_targets",
            "DA_V2_PROCESSOR", "TARGET_PROTOCOL"]
@@ -176,7 +176,7 @@ class _ProbeImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Path, Tensor]:
         try:
-            image = load_rgb(self.files[index])
+            image = load_rgb(self.files[index], orient=False)  # as the published code: no EXIF orientation
         except Exception as err:
             raise ValueError(f"Cannot read image {self.files[index]} ({type(err).__name__}: {err}).") from err
         return self.files[index], self.transform(image)
@@ -208,7 +208,7 @@ class DepthDataset(Dataset):
     def __getitem__(self, item: Union[int, tuple[int, int, int]]) -> dict[str, Any]:
         flip = isinstance(item, tuple) and self.flipped(item[0], item[1])
         file = self.files[item[-1] if isinstance(item, tuple) else item]
-        image = self.transform(load_rgb(file))
+        image = self.transform(load_rgb(file, orient=False))
         path = self.target_dir / f"{file.stem}.npy"
         targets = np.load(path, mmap_mode="r")
         expected = (2 if self.train else 1, *image.shape[-2:])

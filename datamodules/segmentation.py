@@ -34,6 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.sampling import ShardedDataModule
 from datamodules.transforms import PILNearestMask, batch_flipped, jafar_probe_transform
+from uplift.errors import InputError
+from uplift.imageio import load_rgb
 
 __all__ = [
     "IGNORE_INDEX",
@@ -123,13 +125,17 @@ def cityscapes_train_ids(label_ids: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- dataset
 def _read(path: Path, what: str) -> Image.Image:
-    """Decode a file fully now (PIL is lazy), so that a corrupt file fails here with its name."""
+    """Decode a file fully now (PIL is lazy), so that a corrupt file fails here, as one error with its name.
+    Images go through the project's decoder without EXIF orientation: the label maps (and the published probe
+    code) use the stored pixel grid."""
+    if what != "label":
+        return load_rgb(path, orient=False)
     try:
         with Image.open(path) as img:
             img.load()
-            return img.copy() if what == "label" else img.convert("RGB")
+            return img.copy()
     except Exception as err:  # truncated, not an image, unreadable
-        raise OSError(f"Cannot read {what} file {path}: {type(err).__name__}: {err}") from err
+        raise InputError(f"Cannot read label file {path}: {type(err).__name__}: {err}") from err
 
 
 def _label_array(img: Image.Image, path: Path) -> np.ndarray:

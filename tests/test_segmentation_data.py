@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from uplift.errors import InputError
 from datamodules import (
     ADE20KDataModule,
     CityscapesDataModule,
@@ -435,7 +436,7 @@ def test_corrupt_image_is_an_error_naming_the_file(tmp_path: Path) -> None:
     image.write_bytes(image.read_bytes()[:200])  # truncated
     dm = make("ade20k", root)
     dm.setup("validate")
-    with pytest.raises(OSError, match="ADE_val_00000002.jpg"):
+    with pytest.raises(InputError, match="Cannot read image .*ADE_val_00000002.jpg"):
         list(dm.val_dataloader())
 
 
