@@ -141,6 +141,11 @@ def _cli_class() -> type:
             kwargs.setdefault("save_config_callback", RunConfig)
             super().__init__(*args, **kwargs)
 
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            # A probe's class count is the dataset's: one value, read from the datamodule (tasks without
+            # ``num_classes`` are untouched).
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
         def init_parser(self, **kwargs: Any):
             parser = super().init_parser(**kwargs)
             parser.add_argument("--version", action="version", version=f"uplift {uplift.__version__}")

@@ -1,0 +1,64 @@
+"""Pieces every task shares: the backbone's typed config and the frozen-backbone bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from uplift.backbones import Backbone, BackboneConfig, check_backbone_fits
+
+__all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "crop_to_multiple", "feature_pyramid", "image_pyramid",
+           "resize_image"]
+
+#: How training images are halved: ``antialias`` (bilinear, antialiased: the UPLiFT release) or
+#: ``stride`` (every other pixel, ``image[..., ::2, ::2]``: LiFT's training code).
+Downsample = Literal["antialias", "stride"]
+
+
+def resize_image(image: Tensor, side_or_size: Any) -> Tensor:
+    """Bilinear, antialiased resize of an image batch (as torchvision's ``resize`` of a tensor)."""
+    size = (side_or_size, side_or_size) if isinstance(side_or_size, int) else tuple(side_or_size)
+    if tuple(image.shape[-2:]) == size:
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+@torch.no_grad()
+def image_pyramid(images: Tensor, levels: int, patch_size: int, downsample: Downsample = "antialias") -> list[Tensor]:
+    """``images`` halved ``levels`` times (``[S, S/2, ..., S/2^levels]``), every level a whole number of patches,
+    or one error naming the ``data.image_size`` that works."""
+    if downsample not in ("antialias", "stride"):
+        raise ValueError(f"downsample must be 'antialias' or 'stride', got {downsample!r}.")
+    height, width = images.shape[-2:]
+    p, factor = patch_size, 1 << levels
+    if height % (p * factor) or width % (p * factor):
+        raise ValueError(
+            f"Training image size {height}x{width} cannot be halved {levels} times into multiples of the patch size "
+            f"{p} (depth {levels} needs sides divisible by {p * factor}); set data.image_size to a multiple of "
+            f"{p * factor} (e.g. {max(1, round(width / (p * factor))) * p * factor}).")
+    if downsample == "stride":
+        return [images[..., :: 1 << level, :: 1 << level] for level in range(levels + 1)]
+    return [resize_image(images, (height >> level, width >> level)) for level in range(levels + 1)]
+
+
+@torch.no_grad()
+def feature_pyramid(backbone: "Backbone", images: Tensor, levels: int, downsample: Downsample = "antialias",
+                    normalize: bool = True) -> list[tuple[Tensor, Tensor]]:
+    """``[(image at S/2^l, backbone features of it)]`` for l = 0..levels (:func:`image_pyramid`), one backbone pass
+    each; ``normalize=False``: the images already are the backbone's normalised input."""
+    return [(scaled, backbone(scaled, normalize=normalize).float())
+            for scaled in image_pyramid(images, levels, backbone.patch_size, downsample)]
+
+
+@torch.no_grad()
+def crop_to_multiple(image: Tensor, multiple: int) -> Tensor:
+    """Centre-crop an image batch so both sides are multiples of ``multiple``."""
+    h, w = image.shape[-2:]
+    if h < multiple or w < multiple:
+        raise ValueError(f"Image {h}x{w} is smaller than one {multiple}-pixel patch.")
+    top, left = (h % multiple) // 2, (w % multiple) // 2
+    return image[..., top : top + h - h % multiple, left : left + w - w % multiple]
