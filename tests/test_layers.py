@@ -55,9 +55,16 @@ def _site_packages() -> list[str]:
 def test_a_wheel_install_works_outside_the_checkout(tmp_path: Path) -> None:
     """``pip install`` of the built wheel into a fresh environment (its dependencies taken from this one, so no
     download): ``uplift --help`` and ``import uplift`` work from another folder, from the installed files."""
+    import shutil
+
+    source = tmp_path / "source"  # setuptools builds in the source folder: keep the checkout clean
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "uplift", "tasks", "datamodules"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     wheels = tmp_path / "wheels"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(REPO)], capture_output=True, text=True)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = wheels.glob("uplift-*.whl")
     env_dir = tmp_path / "env"
