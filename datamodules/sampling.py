@@ -9,13 +9,15 @@ every world_size-th index), so the trainer runs with ``use_distributed_sampler=F
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochIndexSampler", "ResumableSampler", "ShardedDataModule"]
+__all__ = ["EpochIndexSampler", "ResumableSampler", "ShardedDataModule", "seeded_subset"]
+
+T = TypeVar("T")
 
 
 class ResumableSampler(Sampler[int]):
@@ -102,3 +104,14 @@ class ShardedDataModule(L.LightningDataModule):
         rank, world = self.rank_world() if shard else (0, 1)
         sampler = ResumableSampler(len(dataset), shuffle=False, rank=rank, world_size=world, pad=False)
         return self._loader(dataset, batch_size, sampler, False, collate_fn)
+
+
+def seeded_subset(items: Sequence[T], n: Optional[int], seed: int) -> list[T]:
+    """``n`` of ``items`` drawn with ``seed`` (all when ``n`` is None or not smaller), kept in their original order:
+    the evaluations' "n random images / prompts"."""
+    import random
+
+    if n is None or n >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
