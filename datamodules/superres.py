@@ -64,12 +64,12 @@ class SuperResolutionDataModule(ShardedDataModule):
     Args:
         roots: image folders, searched recursively (FacesHQ: the CelebA-HQ and the FFHQ folder).
         n_images: images drawn with ``seed`` from all folders together (``null``: every image).
-        crop: side of the native-resolution centre crop, the high-resolution image (1024).
+        crop_size: side of the native-resolution centre crop, the high-resolution image (1024).
         small_images: ``error`` (default) or ``resize`` for images smaller than ``crop`` (see the module docs).
         batch_size, num_workers: the test loader (sharded across DDP ranks, no image counted twice).
     """
 
-    def __init__(self, roots: list[str], n_images: Optional[int] = 5000, crop: int = 1024,
+    def __init__(self, roots: list[str], n_images: Optional[int] = 5000, crop_size: int = 1024,
                  small_images: SmallImages = "error", seed: int = 0, batch_size: int = 4, num_workers: int = 4) -> None:
         super().__init__()
         if small_images not in ("error", "resize"):
@@ -90,7 +90,7 @@ class SuperResolutionDataModule(ShardedDataModule):
         if stage != "test" or self.test_set is not None:
             return
         files = self.files()
-        crop = self.hparams.crop
+        crop = self.hparams.crop_size
         if self.hparams.small_images == "error":  # one clear error before the run, not in a worker mid-way
             for path in files:
                 with Image.open(path) as image:  # reads the header only

@@ -61,8 +61,8 @@ class SuperResolutionTask(L.LightningModule):
     Args:
         method: the row: ``bilinear`` / ``nearest`` (latent space, the paper's), ``uplift``, or the pixel-space options
             ``psu`` / ``psu_vae`` (see the module docs).
-        image_size: side of the high-resolution images (linked from ``data.init_args.crop``; 1024).
-        steps: 2x steps; the input is ``image_size / 2**steps`` (2: 256 -> 1024).
+        hr_size: side of the high-resolution images (linked from ``data.init_args.crop_size``; 1024).
+        steps: 2x steps; the input is ``hr_size / 2**steps`` (2: 256 -> 1024).
         vae: the VAE (``configs/pieces/sd15_vae.yaml``).
         weights, uplift: UPLiFT's weights (any reference ``load_uplift`` resolves; ``null``: random model of
             architecture ``uplift``, ``SCALE=tiny``). Only the ``uplift`` row loads them.
@@ -78,7 +78,7 @@ class SuperResolutionTask(L.LightningModule):
     def __init__(
         self,
         method: Method = "uplift",
-        image_size: int = 1024,
+        hr_size: int = 1024,
         steps: int = 2,
         vae: BackboneConfig = SD15_VAE,
         weights: Optional[str] = "sd15-vae",
@@ -95,13 +95,13 @@ class SuperResolutionTask(L.LightningModule):
         super().__init__()
         if method not in METHODS:
             raise ConfigError(f"model.init_args.method must be one of {list(METHODS)}, got {method!r}.")
-        if steps < 1 or image_size % 2**steps:
-            raise ConfigError(f"image_size {image_size} is not divisible by 2**steps = {2**steps} (steps: {steps}).")
-        if fid and patches_per_image > 0 and patch_size > image_size:
-            raise ConfigError(f"patch-FID crops of {patch_size} px do not fit {image_size} px images; lower "
+        if steps < 1 or hr_size % 2**steps:
+            raise ConfigError(f"hr_size {hr_size} is not divisible by 2**steps = {2**steps} (steps: {steps}).")
+        if fid and patches_per_image > 0 and patch_size > hr_size:
+            raise ConfigError(f"patch-FID crops of {patch_size} px do not fit {hr_size} px images; lower "
                               f"model.init_args.patch_size.")
-        self.method, self.image_size, self.steps = method, image_size, steps
-        self.low_res = image_size // 2**steps
+        self.method, self.hr_size, self.steps = method, hr_size, steps
+        self.low_res = hr_size // 2**steps
         self.correct_colors, self.seed = correct_colors, seed
         self.patch_size, self.patches_per_image = patch_size, patches_per_image
 
@@ -116,7 +116,7 @@ class SuperResolutionTask(L.LightningModule):
         self.uplift = build_uplift(self.vae, weights, uplift, seed) if method == "uplift" else None
         if self.vae is not None and self.low_res % self.vae.patch_size:
             raise ConfigError(f"The {self.low_res} px input is not a multiple of the VAE's {self.vae.patch_size} px "
-                              f"latent cells; change image_size or steps.")
+                              f"latent cells; change hr_size or steps.")
 
     # ------------------------------------------------------------------ rows
     @torch.no_grad()
@@ -155,9 +155,9 @@ class SuperResolutionTask(L.LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         hr = batch["image"].float()
-        if tuple(hr.shape[-2:]) != (self.image_size, self.image_size):
-            raise ConfigError(f"Test images are {tuple(hr.shape[-2:])}, the task expects {self.image_size} px "
-                              f"(model.init_args.image_size follows data.init_args.crop).")
+        if tuple(hr.shape[-2:]) != (self.hr_size, self.hr_size):
+            raise ConfigError(f"Test images are {tuple(hr.shape[-2:])}, the task expects {self.hr_size} px "
+                              f"(model.init_args.hr_size follows data.init_args.crop_size).")
         lr = cfm_low_res(hr, self.low_res)
         pred, ms = self._timed(lr, int(batch["index"][0]))
         if pred.shape != hr.shape:
