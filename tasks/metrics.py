@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from tasks.common import item_seed
 from uplift.errors import UPLiFTError
 
 __all__ = ["CFMMSE", "CFMPSNR", "CFMSSIM", "CLIPSource", "CLIPUnavailableError", "FIDUnavailableError",
@@ -174,7 +175,7 @@ def patch_anchors(indices: Tensor, height: int, width: int, size: int, count: in
                          f"model.init_args.patch_size.")
     anchors = []
     for index in indices.tolist():
-        generator = torch.Generator().manual_seed(seed * 2**32 + int(index))
+        generator = torch.Generator().manual_seed(item_seed(seed, int(index)))
         tops_lefts = [(torch.randint(0, height - size + 1, (1,), generator=generator).item(),
                        torch.randint(0, width - size + 1, (1,), generator=generator).item()) for _ in range(count)]
         anchors.append(tops_lefts)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
+from tasks.common import item_seed
 from tasks.metrics import CFMMSE, CFMPSNR, CFMSSIM, Aggregation, cfm_uint8, crop_patches, frechet_distance, patch_anchors
 from tasks.vae_uplift import SD15_VAE, build_uplift, build_vae
 from uplift import UPLiFTConfig
@@ -144,7 +145,7 @@ class SuperResolutionTask(L.LightningModule):
     def _timed(self, lr: Tensor, first_index: int) -> tuple[Tensor, float]:
         cuda = lr.is_cuda
         with torch.random.fork_rng(devices=[lr.device] if cuda else []):
-            torch.manual_seed(self.seed * 2**32 + first_index)  # UPLiFT's noise channels: the same on every run
+            torch.manual_seed(item_seed(self.seed, first_index))  # UPLiFT's noise channels: the same on every run
             if cuda:
                 torch.cuda.synchronize(lr.device)
             start = time.perf_counter()

@@ -31,6 +31,7 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 from torchmetrics import SumMetric
 
+from tasks.common import item_seed
 from tasks.metrics import CLIPSource, PretrainedCLIP, cfm_uint8, clip_score, crop_patches, frechet_distance, patch_anchors
 from tasks.vae_uplift import SD15_REPO, SD15_VAE, build_uplift, build_vae
 from uplift import UPLiFTConfig
@@ -142,7 +143,7 @@ class TextToImageTask(L.LightningModule):
     def generate(self, prompts: list[str], indices: Tensor) -> Tensor:
         """SD's latents for ``prompts`` at ``resolution``, UNSCALED (divided by the VAE's scaling factor); prompt i's
         noise comes from ``(seed, indices[i])`` alone (CPU generators: the same on every device)."""
-        generators = [torch.Generator().manual_seed(self.seed * 2**32 + int(i)) for i in indices]
+        generators = [torch.Generator().manual_seed(item_seed(self.seed, int(i))) for i in indices]
         scaled = self.pipe(list(prompts), height=self.resolution, width=self.resolution,
                            num_inference_steps=self.diffusion_steps, guidance_scale=self.guidance_scale,
                            output_type="latent", generator=generators).images
@@ -154,7 +155,7 @@ class TextToImageTask(L.LightningModule):
         from uplift.generative import upscale_latents
 
         with torch.random.fork_rng(devices=[latents.device] if latents.is_cuda else []):
-            torch.manual_seed(self.seed * 2**32 + first_index)  # UPLiFT's noise channels
+            torch.manual_seed(item_seed(self.seed, first_index))  # UPLiFT's noise channels
             return upscale_latents(latents, image01, self.vae, self.uplift, self.steps, self.correct_colors, clamp=False)
 
     # ------------------------------------------------------------------ test
