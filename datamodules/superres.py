@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset

@@ -26,11 +26,11 @@ TINY_LHQ = REPO / "tests" / "conf" / "sr_lhq.yaml"
 PIECES = REPO / "tests" / "conf" / "pieces"
 
 
-def run_cli(*args: str):
+def run_cli(root: Path, *args: str):
     from tasks.cli import run_cli
 
     return run_cli(["test", "--config", str(TINY_LHQ), f"--data.init_args.roots=[{REPO / 'tests/data/lhq'}]",
-                    "--verbose=false", *args])
+                    "--verbose=false", f"--trainer.default_root_dir={root}", *args])
 
 
 def tiny_task(**kwargs) -> SuperResolutionTask:
@@ -97,12 +97,12 @@ def test_table4_tiny_end_to_end_and_cache(tmp_path: Path, capsys) -> None:
 # ------------------------------------------------------------------------------------------ uplift test
 
 
-def test_uplift_test_scores_cfm_metrics_with_cfms_aggregation() -> None:
+def test_uplift_test_scores_cfm_metrics_with_cfms_aggregation(tmp_path: Path) -> None:
     """``uplift test`` on the pixel-space row gives exactly the CFM metrics of the files, batch by batch (here 3 + 1
     images: CFM's mean of batch means differs from the mean over images, the named option)."""
     logged = {}
     for aggregation in ("batch", "image"):
-        cli = run_cli("--model.init_args.method=psu", "--data.init_args.batch_size=3",
+        cli = run_cli(tmp_path, "--model.init_args.method=psu", "--data.init_args.batch_size=3",
                       f"--model.init_args.aggregation={aggregation}")
         logged[aggregation] = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     assert cli.model.hr_size == 64 and cli.model.low_res == 16, "hr_size follows data.init_args.crop_size"
@@ -303,3 +303,45 @@ def test_local_fid_weights_are_used_without_download(tmp_path: Path, monkeypatch
     fid.update(images, real=True)
     fid.update(images, real=False)
     assert fid.real_features_sum.shape == (2048,) and torch.isfinite(fid.real_features_sum).all()
+    patch_fid = frechet_distance(fid.inception)  # patch-FID shares the network (as the tasks build it)
+    assert patch_fid.inception is fid.inception
+    patch_fid.update(images, real=True)
+    assert torch.allclose(patch_fid.real_features_sum, fid.real_features_sum)
+
+
+@pytest.mark.slow
+def test_ddp_shards_the_images_and_syncs_the_metrics(tmp_path: Path) -> None:
+    """Two CPU processes: each scores half of the images, and the synchronised metrics equal one process's."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import json, sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from tasks.cli import run_cli\n"
+        "cli = run_cli(sys.argv[2:])\n"
+        "if cli.trainer.is_global_zero:\n"
+        "    json.dump({k: float(v) for k, v in cli.trainer.callback_metrics.items()}, open(sys.argv[1], 'w'))\n")
+    args = ["test", "--config", str(TINY_LHQ), f"--data.init_args.roots=[{REPO / 'tests/data/lhq'}]",
+            "--model.init_args.method=psu", "--model.init_args.aggregation=image", "--data.init_args.batch_size=1",
+            "--verbose=false", f"--trainer.default_root_dir={tmp_path}"]
+    with socket.socket() as probe:  # a port that is free now, rather than Lightning's guess
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO), CUDA_VISIBLE_DEVICES="", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    out = tmp_path / "ddp.json"
+    run = subprocess.run([sys.executable, str(script), str(out), *args, "--trainer.devices=2", "--trainer.strategy=ddp"],
+                         capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in run.stderr + run.stdout
+    from tasks.cli import run_cli
+
+    one = run_cli(args).trainer.callback_metrics
+    results = {"ddp": json.loads(out.read_text()), "one": {k: float(v) for k, v in one.items()}}
+    assert results["ddp"]["test/images"] == results["one"]["test/images"] == 4, "every image once"
+    for key in ("test/ssim", "test/psnr", "test/mse", "test/fid", "test/pfid"):
+        assert results["ddp"][key] == pytest.approx(results["one"][key], rel=1e-4, abs=1e-6), key

@@ -105,12 +105,12 @@ def test_configs_follow_the_latency_protocol_and_link_the_reference_size(capsys)
             assert model["clip"]["init_args"]["name"] == "openai/clip-vit-base-patch32"
 
 
-def test_uplift_test_reads_the_data_and_links_sizes() -> None:
+def test_uplift_test_reads_the_data_and_links_sizes(tmp_path: Path) -> None:
     from tasks.cli import run_cli
 
     cli = run_cli(["test", "--config", str(TINY_COCO), f"--data.init_args.captions={COCO_JSON}",
                    f"--data.init_args.images={DATA / 'val2014'}", "--data.init_args.n_prompts=2",
-                   "--model.init_args.latency_batches=0", "--verbose=false"])
+                   "--model.init_args.latency_batches=0", "--verbose=false", f"--trainer.default_root_dir={tmp_path}"])
     assert cli.datamodule.hparams.reference_size == 128 == cli.model.output_size, "resolution * 2**steps"
     metrics = cli.trainer.callback_metrics
     assert float(metrics["test/prompts"]) == 2 and "test/latency/diffusion_s" not in metrics

@@ -119,7 +119,6 @@ def test_every_entry_point_uses_the_one_resolver(tmp_path: Path, spy, capsys) ->
 
     from tasks.vae_uplift import build_uplift, build_vae
     from tests.conftest import REPO
-    from tests.helpers import tiny_vae_config
     from uplift.backbones import BackboneConfig
 
     torch.manual_seed(0)
