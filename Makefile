@@ -29,13 +29,13 @@ reproduce-table1: install  ## Table 1: every upsampler x every probe -> results/
 	$(PY) -m tasks.tables.table1 --scale $(SCALE) $(ARGS)
 
 reproduce-table2: install  ## Table 2: SD1.5 512 -> UPLiFT 1024 on COCO-5k captions -> results/table2.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.evaluation.text2image --scale $(SCALE) --config configs/t2i_coco.yaml $(ARGS)
+	$(PY) -m tasks.tables.table2 --scale $(SCALE) $(ARGS)
 
 reproduce-table3: install  ## Table 3: SD1.5 512 -> UPLiFT 1024 on reLAION-5k prompts -> results/table3.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.evaluation.text2image --scale $(SCALE) --config configs/t2i_relaion.yaml $(ARGS)
+	$(PY) -m tasks.tables.table3 --scale $(SCALE) $(ARGS)
 
 reproduce-table4: install  ## Table 4: 256 -> 1024 super-resolution, FacesHQ + LHQ -> results/table4.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.evaluation.superres --scale $(SCALE) --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml $(ARGS)
+	$(PY) -m tasks.tables.table4 --scale $(SCALE) $(ARGS)
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py

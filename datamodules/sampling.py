@@ -13,7 +13,7 @@ recipe (samples per optimiser step, steps per epoch) does not depend on the numb
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 import lightning as L
 import torch
@@ -21,7 +21,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from uplift.errors import ConfigError
 
-__all__ = ["EpochBatchSampler", "EpochIndexSampler", "ResumableSampler", "ShardedDataModule"]
+__all__ = ["EpochBatchSampler", "EpochIndexSampler", "ResumableSampler", "ShardedDataModule", "seeded_subset"]
+
+T = TypeVar("T")
 
 
 class ResumableSampler(Sampler[int]):
@@ -143,3 +145,14 @@ class ShardedDataModule(L.LightningDataModule):
         rank, world = self.rank_world() if shard else (0, 1)
         sampler = ResumableSampler(len(dataset), shuffle=False, rank=rank, world_size=world, pad=False)
         return self._loader(dataset, batch_size, sampler, False, collate_fn)
+
+
+def seeded_subset(items: Sequence[T], n: Optional[int], seed: int) -> list[T]:
+    """``n`` of ``items`` drawn with ``seed`` (all when ``n`` is None or not smaller), kept in their original order:
+    the evaluations' "n random images / prompts"."""
+    import random
+
+    if n is None or n >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]

@@ -141,11 +141,6 @@ def _cli_class() -> type:
             kwargs.setdefault("save_config_callback", RunConfig)
             super().__init__(*args, **kwargs)
 
-        def add_arguments_to_parser(self, parser: Any) -> None:
-            # A probe's class count is the dataset's: one value, read from the datamodule (tasks without
-            # ``num_classes`` are untouched).
-            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
-
         def init_parser(self, **kwargs: Any):
             parser = super().init_parser(**kwargs)
             parser.add_argument("--version", action="version", version=f"uplift {uplift.__version__}")
@@ -172,6 +167,17 @@ def _cli_class() -> type:
         def before_predict(self) -> None:
             self._before("predict")
 
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            """Values a task and its data must agree on, set in one place. A link applies only when the configured
+            classes both have its keys (other configs are untouched); its target cannot be set by hand."""
+            # a probe's class count is the dataset's, read from the instantiated datamodule
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+            # super-resolution (Table 4): the task's high-resolution side is the datamodule's centre crop
+            parser.link_arguments("data.init_args.crop_size", "model.init_args.hr_size")
+            # text-to-image (Tables 2-3): FID's reference images are sized like the outputs, resolution * 2^steps
+            parser.link_arguments(("model.init_args.resolution", "model.init_args.steps"),
+                                  "data.init_args.reference_size", compute_fn=_output_size)
+
         def after_fit(self) -> None:
             """Mark the run finished (only reached when ``fit`` returned normally: an interrupted fit exits)."""
             trainer = self.trainer
@@ -182,6 +188,10 @@ def _cli_class() -> type:
                 marker.write_text(json.dumps({"args": args, "global_step": trainer.global_step}, indent=2) + "\n")
 
     return UPLiFTCLI
+
+
+def _output_size(resolution: int, steps: int) -> int:
+    return resolution * 2**steps
 
 
 def user_error(err: BaseException) -> Optional[BaseException]:

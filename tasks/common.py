@@ -12,7 +12,7 @@ from torch import Tensor
 from uplift.backbones import Backbone, BackboneConfig, check_backbone_fits
 
 __all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "crop_to_multiple", "feature_pyramid", "image_pyramid",
-           "resize_image"]
+           "item_seed", "resize_image"]
 
 #: How training images are halved: ``antialias`` (bilinear, antialiased: the UPLiFT release) or
 #: ``stride`` (every other pixel, ``image[..., ::2, ::2]``: LiFT's training code).
@@ -62,3 +62,12 @@ def crop_to_multiple(image: Tensor, multiple: int) -> Tensor:
         raise ValueError(f"Image {h}x{w} is smaller than one {multiple}-pixel patch.")
     top, left = (h % multiple) // 2, (w % multiple) // 2
     return image[..., top : top + h - h % multiple, left : left + w - w % multiple]
+
+
+def item_seed(seed: int, index: int) -> int:
+    """A 32-bit seed for item ``index`` of a run seeded with ``seed`` (its diffusion noise, its patch-FID crops): the
+    same whatever the batch size or the number of GPUs. Mixed by numpy's ``SeedSequence``, since torch's CPU generator
+    keeps only the low 32 bits of a seed (``seed * 2**32 + index`` would ignore ``seed``)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])

@@ -1,30 +1,34 @@
-"""Tables 2-3 driver: SD1.5 latents -> UPLiFT -> 2x images, with tiny random diffusers components (UNet,
-VAE, CLIP text encoder and a real byte-level CLIPTokenizer), a tiny FID feature net and a tiny CLIP."""
+"""Tables 2-3: SD1.5 latents -> UPLiFT -> 2x images, as ``uplift test`` and through the table drivers, with tiny random
+diffusers components (UNet, VAE, CLIP text encoder, a real byte-level CLIPTokenizer), tiny FID features and a tiny
+CLIP; prompt files read with ``datasets``; the CLIP-unavailable error."""
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import yaml
 
+from datamodules.prompts import PromptDataModule, read_prompts, reference_image
+from tasks.metrics import clip_score
+from tasks.tables import table2, table3
+from tasks.text2image import TextToImageTask
+from tasks.tiny import TinyCLIP, TinyFIDFeatures, TinyPipeline, tiny_tokenizer
 from tests.conftest import REPO
-from tasks.evaluation import ConfigError, load_config, load_models
-from tasks.evaluation import text2image as t2i
-from tasks.evaluation.metrics import clip_score, fid_features, load_clip, to_uint8
+from uplift import UPLiFTConfig
+from uplift.backbones import BackboneConfig
+from uplift.errors import ConfigError
 
-COCO = REPO / "configs" / "t2i_coco.yaml"
-RELAION = REPO / "configs" / "t2i_relaion.yaml"
 DATA = REPO / "tests" / "data" / "coco_captions"
-
-
-def tiny_config(name: str = "coco", **overrides) -> t2i.T2IConfig:
-    config = t2i.T2IConfig(name=name)
-    return dataclasses.replace(config, **{**t2i.tiny_overrides(config), **overrides})
+COCO_JSON = DATA / "annotations" / "captions_val2014.json"
+TINY_COCO = REPO / "tests" / "conf" / "t2i_coco.yaml"
+PIECES = REPO / "tests" / "conf" / "pieces"
+FAST_LATENCY = ["--model.init_args.latency_warmup=1", "--model.init_args.latency_batches=2"]
 
 
 def read_csv(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
@@ -33,15 +37,8 @@ def read_csv(path: Path) -> dict[tuple[str, str, str], dict[str, str]]:
 
 
 def test_table2_tiny_end_to_end_and_cache(tmp_path: Path, capsys) -> None:
-    # the paper's latency protocol is what the configs (also at --scale tiny) ask for ...
-    for path, batch in ((COCO, 4), (RELAION, 1)):
-        config = load_config(t2i.T2IConfig, path, tiny=t2i.tiny_overrides)
-        assert (config.latency_batch_size, config.latency_warmup, config.latency_batches) == (batch, 3, 10)
-        assert config.compile is False and load_config(t2i.T2IConfig, path).compile is True
-    # ... the test times fewer batches to stay fast
-    args = ["--scale", "tiny", "--config", str(COCO), "--results", str(tmp_path), "--compile", "false",
-            "--latency-warmup", "1", "--latency-batches", "2"]
-    assert t2i.main(args) == 0
+    args = ["--scale", "tiny", "--results", str(tmp_path), *FAST_LATENCY]  # the test times fewer batches
+    assert table2.main(args) == 0
     assert capsys.readouterr().out.count("MEANINGLESS") >= 2
     md = tmp_path / "tiny" / "table2.md"
     table = md.read_text()
@@ -52,58 +49,94 @@ def test_table2_tiny_end_to_end_and_cache(tmp_path: Path, capsys) -> None:
         for metric in ("s_per_image", "clip", "fid"):
             assert math.isfinite(float(cells[("3", method, metric)]["ours"])), (method, metric)
         assert float(cells[("3", method, "s_per_image")]["ours"]) > 0
+        assert 0 <= float(cells[("3", method, "clip")]["ours"]) <= 100
         assert cells[("3", method, "fid")]["prompts"] == "6"
     assert math.isfinite(float(cells[("3", "UPLiFT", "pfid")]["ours"]))
     assert cells[("3", "-", "pfid")]["ours"] == "", "no patch-FID for the un-upsampled images (as the paper)"
     assert cells[("3", "UPLiFT", "fid")]["resolution"] == "64 → 128" and cells[("3", "-", "fid")]["resolution"] == "64"
 
-    result = json.loads((tmp_path / "tiny" / "table2" / "coco__steps3.json").read_text())
-    latency = result["latency"]
-    assert (latency["batch_size"], latency["warmup"], latency["batches"]) == (4, 1, 2)
-    assert all(latency[k] > 0 for k in ("diffusion_s", "decode_s", "upsample_s"))
-    total = sum(latency[k] for k in ("diffusion_s", "decode_s", "upsample_s"))
-    assert result["uplift"]["s_per_image"] == pytest.approx(total)
-    assert result["sd"]["resolution"] == 64 and result["uplift"]["resolution"] == 128
-    assert 0 <= result["uplift"]["clip"] <= 100 and result["references"] == 6
+    stored = tmp_path / "tiny" / "table2" / "steps3.json"
+    metrics = json.loads(stored.read_text())["metrics"]
+    latency = [metrics[f"test/latency/{k}"] for k in ("diffusion_s", "decode_s", "upsample_s")]
+    assert all(v > 0 for v in latency)
+    assert metrics["test/uplift/s_per_image"] == pytest.approx(sum(latency), rel=1e-5)
+    assert metrics["test/sd/s_per_image"] == pytest.approx(latency[0] + latency[1], rel=1e-5)
 
-    stamp = (tmp_path / "tiny" / "table2" / "coco__steps3.json").stat().st_mtime_ns
-    assert t2i.main(args) == 0
+    stamp = stored.stat().st_mtime_ns
+    assert table2.main(args) == 0
     assert "1 of 1 step counts reused" in capsys.readouterr().out
-    assert (tmp_path / "tiny" / "table2" / "coco__steps3.json").stat().st_mtime_ns == stamp
+    assert stored.stat().st_mtime_ns == stamp
+    assert table2.main([*args, "--model.init_args.guidance_scale=5.0"]) == 0  # changed arguments: recomputed
+    assert "0 of 1 step counts reused" in capsys.readouterr().out
+    assert stored.stat().st_mtime_ns != stamp
 
 
 def test_table3_tiny_two_step_counts(tmp_path: Path) -> None:
-    args = ["--scale", "tiny", "--config", str(RELAION), "--results", str(tmp_path), "--compile", "false",
-            "--latency-warmup", "1", "--latency-batches", "1", "--n-prompts", "3"]
-    assert t2i.main(args) == 0
+    args = ["--scale", "tiny", "--results", str(tmp_path), "--model.init_args.latency_warmup=1",
+            "--model.init_args.latency_batches=1", "--data.init_args.n_prompts=3"]
+    assert table3.main(args) == 0
     table = (tmp_path / "tiny" / "table3.md").read_text()
-    assert "3 prompts from relaion_prompts.csv, FID against 3 reference images" in table
+    assert "3 prompts; FID against as many reference images (at 128 px)" in table
     cells = read_csv(tmp_path / "tiny" / "table3.csv")
     for steps in ("2", "3"):
         for method in ("-", "UPLiFT"):
             assert math.isfinite(float(cells[(steps, method, "clip")]["ours"]))
-    result = json.loads((tmp_path / "tiny" / "table3" / "relaion__steps2.json").read_text())
-    assert result["latency"]["batch_size"] == 1, "the paper's reLAION protocol times batch 1"
+            assert cells[(steps, method, "clip")]["prompts"] == "3"
     for paper in ("(31.17)", "(20.73)", "(15.49)", "LCM SDXL", "CFM-40 (paper only, not run)"):
         assert paper in table
 
 
+def test_configs_follow_the_latency_protocol_and_link_the_reference_size(capsys) -> None:
+    from tasks.cli import run_cli
+
+    for config, batch, compiled in (("configs/t2i_coco.yaml", 4, True), ("configs/t2i_relaion.yaml", 1, True),
+                                    ("tests/conf/t2i_coco.yaml", 4, False), ("tests/conf/t2i_relaion.yaml", 1, False)):
+        with pytest.raises(SystemExit):
+            run_cli(["test", "--config", str(REPO / config), "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        model, data = printed["model"]["init_args"], printed["data"]["init_args"]
+        assert (model["latency_batch_size"], model["latency_warmup"], model["latency_batches"]) == (batch, 3, 10), config
+        assert model["compile"] is compiled and model["steps"] == 1
+        assert "reference_size" not in data, "linked: set from the task, not by hand"
+        if not compiled:
+            assert model["vae"]["pretrained"] is False and model["fid_feature"]["class_path"] == "tasks.tiny.TinyFIDFeatures"
+        else:
+            assert (model["resolution"], model["diffusion_steps"], model["guidance_scale"]) == (512, 25, 7.5)
+            assert model["clip"]["init_args"]["name"] == "openai/clip-vit-base-patch32"
+
+
+def test_uplift_test_reads_the_data_and_links_sizes(tmp_path: Path) -> None:
+    from tasks.cli import run_cli
+
+    cli = run_cli(["test", "--config", str(TINY_COCO), f"--data.init_args.captions={COCO_JSON}",
+                   f"--data.init_args.images={DATA / 'val2014'}", "--data.init_args.n_prompts=2",
+                   "--model.init_args.latency_batches=0", "--verbose=false", f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.datamodule.hparams.reference_size == 128 == cli.model.output_size, "resolution * 2**steps"
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["test/prompts"]) == 2 and "test/latency/diffusion_s" not in metrics
+    assert math.isfinite(float(metrics["test/uplift/pfid"]))
+
+
+def tiny_task(**kwargs) -> TextToImageTask:
+    vae = BackboneConfig(**yaml.safe_load((PIECES / "tiny_vae.yaml").read_text()))
+    uplift = UPLiFTConfig.from_dict(yaml.safe_load((PIECES / "tiny_uplift.yaml").read_text()))
+    return TextToImageTask(**{"pipeline": TinyPipeline(), "vae": vae, "weights": None, "uplift": uplift,
+                              "diffusion_steps": 2, "resolution": 64, "fid_feature": TinyFIDFeatures(),
+                              "patch_size": 64, "clip": TinyCLIP(), "compile": False, "latency_batches": 0, **kwargs})
+
+
 def test_uplift_gets_the_unscaled_latents(monkeypatch) -> None:
-    """The pipeline's latents are scaled by the VAE's scaling factor; UPLiFT must get them divided by it,
-    guided by their decoded image, and its 2x latents are decoded to the 2x image."""
+    """The pipeline's latents are scaled by the VAE's scaling factor; UPLiFT must get them divided by it, guided by
+    their decoded image, and its 2x latents are decoded to the 2x image."""
     from diffusers import StableDiffusionPipeline
 
-    config = tiny_config(latency_warmup=0, latency_batches=1, latency_batch_size=2)
-    device = torch.device("cpu")
-    vae, model = load_models(config, device)
-    pipe = t2i.load_pipeline(config, vae, device)
-    assert vae.vae.config.scaling_factor == pytest.approx(0.18215)
-
+    task = tiny_task()
+    assert task.vae.vae.config.scaling_factor == pytest.approx(0.18215)
     pipe_out, uplift_calls = [], []
-    original_call, original_forward = StableDiffusionPipeline.__call__, model.forward
+    original_call, original_forward = StableDiffusionPipeline.__call__, task.uplift.forward
 
     def spy_call(self, *args, **kwargs):
-        assert kwargs["output_type"] == "latent"
+        assert kwargs["output_type"] == "latent" and len(kwargs["generator"]) == len(args[0])
         out = original_call(self, *args, **kwargs)
         pipe_out.append(out.images.clone())
         return out
@@ -114,53 +147,82 @@ def test_uplift_gets_the_unscaled_latents(monkeypatch) -> None:
         return out
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", spy_call)
-    monkeypatch.setattr(model, "forward", spy_forward)
-    prompts = t2i.read_prompts(config)[:2]
-    features = fid_features("tiny")
-    t2i.evaluate_steps(config, 2, prompts, t2i.reference_files(config, prompts), pipe, vae, model, features,
-                       load_clip(t2i.tiny_clip), device)
-    assert len(pipe_out) == len(uplift_calls) == 2  # one metric batch + one timed batch
-    for scaled, (guide, latents, upsampled) in zip(pipe_out, uplift_calls):
-        assert scaled.shape == (2, 4, 32, 32) and upsampled.shape == (2, 4, 64, 64)
-        assert torch.allclose(latents, scaled / 0.18215)
-        assert torch.allclose(guide, vae.decode(latents), atol=1e-6), "the raw decoded image guides UPLiFT"
+    monkeypatch.setattr(task.uplift, "forward", spy_forward)
+    data = PromptDataModule(str(COCO_JSON), str(DATA / "val2014"), n_prompts=2, reference_size=128, batch_size=2,
+                            num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    metrics = trainer.test(task, datamodule=data, verbose=False)[0]
+    assert len(pipe_out) == len(uplift_calls) == 1
+    scaled = pipe_out[0]
+    guide, latents, upsampled = uplift_calls[0]
+    assert scaled.shape == (2, 4, 32, 32) and upsampled.shape == (2, 4, 64, 64)
+    assert torch.allclose(latents, scaled / 0.18215)
+    assert torch.allclose(guide, task.vae.decode(latents), atol=1e-6), "the raw decoded image guides UPLiFT"
+    assert metrics["test/prompts"] == 2
 
-    image = t2i.upscale_latents(latents, guide, vae, model, steps=1)
-    assert image.shape == (2, 3, 128, 128) and 0 <= image.min() and image.max() <= 1
-    assert torch.allclose(image.mean(dim=(2, 3)), guide.mean(dim=(2, 3)), atol=0.05), "colour-corrected to the guide"
+    image = task.upscale(latents, guide)
+    assert image.shape == (2, 3, 128, 128)
+    assert torch.allclose(image.mean(dim=(2, 3)), guide.mean(dim=(2, 3)), atol=1e-5), "colour-corrected to the guide"
+
+
+def test_each_prompt_has_its_own_noise() -> None:
+    task = tiny_task()
+    both = task.generate(["a red bus", "two cats"], torch.tensor([4, 5]))
+    alone = task.generate(["two cats"], torch.tensor([5]))
+    assert torch.allclose(both[1:], alone, atol=1e-5), "a prompt's latents do not depend on its batch"
 
 
 def test_prompt_files(tmp_path: Path) -> None:
-    config = tiny_config(n_prompts=3, seed=1)
-    coco = t2i.read_prompts(config)
-    assert len(coco) == 3 and coco == t2i.read_prompts(config), "seeded"
+    coco = read_prompts(COCO_JSON, DATA / "val2014", 3, seed=1)
+    assert len(coco) == 3 and coco == read_prompts(COCO_JSON, DATA / "val2014", 3, seed=1), "seeded"
     assert len({p["image"] for p in coco}) == 3, "one caption per sampled image"
-    assert all(p["image"].is_file() for p in coco) and t2i.reference_files(config, coco) == [p["image"] for p in coco]
-    captions = json.loads((DATA / "annotations" / "captions_val2014.json").read_text())["annotations"]
+    assert all(p["image"].is_file() for p in coco)
+    captions = json.loads(COCO_JSON.read_text())["annotations"]
     assert all(p["caption"] in {a["caption"] for a in captions} for p in coco)
 
-    relaion = t2i.read_prompts(tiny_config("relaion"))
-    assert len(relaion) == 6 and relaion[0]["caption"].endswith("high resolution") and relaion[0]["image"] is None
-    assert len(t2i.reference_files(tiny_config("relaion", n_prompts=4), relaion[:4])) == 4
+    relaion = read_prompts(DATA / "relaion_prompts.csv", DATA / "val2014", None, seed=0)
+    assert len(relaion) == 6 and relaion[0]["caption"].endswith("high resolution")
+    assert len({p["image"] for p in relaion}) == 6, "each prompt its own reference image"
 
     (tmp_path / "prompts.txt").write_text("a cat\n\n  a dog  \n")
-    prompts = t2i.read_prompts(tiny_config(captions=str(tmp_path / "prompts.txt")))
+    prompts = read_prompts(tmp_path / "prompts.txt", DATA / "val2014", None, seed=0)
     assert [p["caption"] for p in prompts] == ["a cat", "a dog"]
     import pandas as pd
 
     pd.DataFrame({"TEXT": ["x", "y"]}).to_parquet(tmp_path / "p.parquet")
-    assert len(t2i.read_prompts(tiny_config(captions=str(tmp_path / "p.parquet"), caption_column="TEXT"))) == 2
+    assert len(read_prompts(tmp_path / "p.parquet", DATA / "val2014", None, 0, caption_column="TEXT")) == 2
     with pytest.raises(ConfigError, match="no column 'caption'"):
-        t2i.read_prompts(tiny_config(captions=str(tmp_path / "p.parquet")))
+        read_prompts(tmp_path / "p.parquet", DATA / "val2014", None, 0)
     with pytest.raises(FileNotFoundError, match="Captions file"):
-        t2i.read_prompts(tiny_config(captions=str(tmp_path / "none.json")))
+        read_prompts(tmp_path / "none.json", DATA / "val2014", None, 0)
+    (tmp_path / "many.txt").write_text("\n".join(f"prompt {i}" for i in range(8)))
+    with pytest.raises(ConfigError, match="has 6 images for 8 prompts"):
+        read_prompts(tmp_path / "many.txt", DATA / "val2014", None, 0)
+
+    reference = reference_image(DATA / "val2014" / "COCO_val2014_000000000042.jpg", 32)
+    assert reference.shape == (3, 32, 32) and -1 <= reference.min() and reference.max() <= 1  # 64x48 -> short side 32
 
 
 def test_tiny_tokenizer_and_clip_score() -> None:
-    tokenizer = t2i.tiny_tokenizer()
+    tokenizer = tiny_tokenizer()
     ids = tokenizer("A red bus, on a street!").input_ids
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(ids, skip_special_tokens=True) == "a red bus , on a street !"
-    metric = clip_score(load_clip(t2i.tiny_clip))
-    metric.update(to_uint8(torch.rand(2, 3, 48, 48)), ["a red bus", "two cats"])
+    metric = clip_score(TinyCLIP()())
+    metric.update(torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8), ["a red bus", "two cats"])
     assert math.isfinite(float(metric.compute()))
+
+
+def test_missing_clip_model_is_one_clear_error(capsys) -> None:
+    """HF_HUB_OFFLINE (tests/conftest.py): ``from_pretrained`` cannot download the CLIP model, as on a machine
+    without network access."""
+    from tasks.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(TINY_COCO), "--model.init_args.clip=tasks.metrics.PretrainedCLIP",
+              "--model.init_args.clip.init_args.name=openai/clip-vit-base-patch32"])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("error:") == 1 and "uplift: error: CLIP score needs the CLIP model" in stderr
+    assert "--model.init_args.clip.init_args.name" in stderr and "Traceback" not in stderr

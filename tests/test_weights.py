@@ -115,11 +115,15 @@ def spy(monkeypatch):
 
 
 def test_every_entry_point_uses_the_one_resolver(tmp_path: Path, spy, capsys) -> None:
-    from tasks.evaluation import EvalConfig, load_models, tiny_uplift_config
+    import yaml
+
+    from tasks.vae_uplift import build_uplift, build_vae
+    from tests.conftest import REPO
+    from uplift.backbones import BackboneConfig
 
     torch.manual_seed(0)
     dino = UPLiFT(tiny_config(14, channels=32)).save_pretrained(tmp_path / "dino")
-    vae = UPLiFT(tiny_uplift_config(2)).save_pretrained(tmp_path / "vae")
+    vae = UPLiFT(tiny_vae_config(patch_size=2)).save_pretrained(tmp_path / "vae")
 
     UPLiFT.from_pretrained(dino)  # Python
     from uplift.upsamplers import UPLiFTUpsampler
@@ -133,9 +137,9 @@ def test_every_entry_point_uses_the_one_resolver(tmp_path: Path, spy, capsys) ->
     Image.new("RGB", (32, 24), (200, 10, 10)).save(photo)
     assert upscale([str(photo), str(tmp_path / "out"), "--weights", str(dino), "--vae-random", "--quiet"]) == 2
     assert "does not fit the UPLiFT model" in capsys.readouterr().err  # a DINO model is never read as the VAE's
-    load_models(EvalConfig(vae="tiny", uplift_weights=str(vae)), torch.device("cpu"))  # evaluations
+    tiny_vae = BackboneConfig(**yaml.safe_load((REPO / "tests/conf/pieces/tiny_vae.yaml").read_text()))
+    build_uplift(build_vae(tiny_vae), str(vae))  # evaluations (Tables 2-4)
     from tasks import PredictiveTask
-    from uplift.backbones import BackboneConfig
 
     tiny_vit = BackboneConfig(pretrained=False, model_kwargs=dict(embed_dim=32, depth=1, num_heads=2, img_size=56))
     PredictiveTask(backbone=tiny_vit, uplift=tiny_config(14, channels=32), init_weights=str(dino))  # the CLI's tasks

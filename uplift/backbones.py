@@ -319,12 +319,13 @@ class VAEBackbone(Backbone):
     def forward(self, image01: Tensor, normalize: bool = True) -> Tensor:
         return self.encode(image01, normalize)
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """Image in [0, 1] (clamped) from unscaled latents, e.g. UPLiFT-upsampled ones."""
+    def decode(self, latents: Tensor, clamp: bool = True) -> Tensor:
+        """Image in [0, 1] from unscaled latents, e.g. UPLiFT-upsampled ones; ``clamp=False`` keeps the decoder's
+        overshoot (CFM's super-resolution metrics score the unclamped decode)."""
         dtype = next(self.parameters()).dtype
         with torch.no_grad():
-            image = self.vae.decode(latents.to(dtype)).sample
-        return ((image + 1) / 2).clamp(0, 1)
+            image = (self.vae.decode(latents.to(dtype)).sample + 1) / 2
+        return image.clamp(0, 1) if clamp else image
 
 
 def backbone_kind(name: str) -> str:

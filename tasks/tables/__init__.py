@@ -9,6 +9,7 @@
 - :class:`ResultsCache`: one JSON file per finished cell, reused only when the arguments that produced it (its
   key, :func:`args_key`) are the same; unavailable rows are tried again on the next run.
 - :func:`write_table` and :func:`report`: markdown + CSV, our numbers beside the paper's.
+- :func:`config_stamp` (a config's text for cache keys) and :func:`main_guard` (one-line errors for the drivers).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-__all__ = ["REPO", "TINY_BANNER", "ResultsCache", "RowUnavailable", "args_key", "cell", "fit_once", "fmt",
-           "report", "test_metrics", "write_table"]
+__all__ = ["REPO", "TINY_BANNER", "ResultsCache", "RowUnavailable", "args_key", "cell", "config_stamp", "fit_once",
+           "fmt", "main_guard", "report", "test_metrics", "write_table"]
 
 #: The checkout: ``SCALE=tiny`` runs read the generated datasets and tiny configs from ``tests/``.
 REPO = Path(__file__).resolve().parents[2]
@@ -31,6 +32,32 @@ TINY_BANNER = ("!" * 100 + "\nSCALE=tiny: generated tiny data, tiny RANDOM model
 
 class RowUnavailable(RuntimeError):
     """A row's code or weights could not be loaded here (a peer's repository, no network)."""
+
+
+def config_stamp(config: str | Path) -> list[str]:
+    """The text of a config and of the pieces it can compose (``pieces/*.yaml`` beside it), for a cache key: a cell is
+    recomputed when its config changes, not only when its arguments do."""
+    config = Path(config)
+    pieces = sorted((config.parent / "pieces").glob("*.yaml"))
+    return [config.read_text(), *(p.read_text() for p in pieces)]
+
+
+def main_guard(prog: str, main: Callable[[], int]) -> int:
+    """Run a driver; an error meant for the user (bad option, missing data or weights) ends in one line
+    ``<prog>: error: ...`` and exit status 2, as the ``uplift`` command (``UPLIFT_TRACEBACK=1``: the traceback)."""
+    import os
+    import sys
+
+    from tasks.cli import user_error
+
+    try:
+        return main()
+    except Exception as err:
+        user = user_error(err)
+        if user is None or os.environ.get("UPLIFT_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {user}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def args_key(*parts: Any) -> str:
@@ -71,8 +98,9 @@ def fit_once(config: str | Path, args: Sequence[str], run_dir: Path) -> Path:
     return checkpoint
 
 
-def test_metrics(config: str | Path, args: Sequence[str], keys: Sequence[str]) -> dict[str, float]:
-    """``uplift test --config config *args``: the logged values of ``keys``."""
+def test_metrics(config: str | Path, args: Sequence[str], keys: Sequence[str],
+                 optional: Sequence[str] = ()) -> dict[str, float]:
+    """``uplift test --config config *args``: the logged values of ``keys`` (and of those of ``optional`` it logged)."""
     from tasks.cli import run_cli, user_error
     from uplift.upsamplers import UpsamplerUnavailableError
 
@@ -87,7 +115,7 @@ def test_metrics(config: str | Path, args: Sequence[str], keys: Sequence[str]) -
     missing = [k for k in keys if k not in metrics]
     if missing:
         raise RuntimeError(f"`uplift test --config {config}` logged no {missing} (it logged {sorted(metrics)}).")
-    return {k: float(metrics[k]) for k in keys}
+    return {k: float(metrics[k]) for k in [*keys, *optional] if k in metrics}
 
 
 # ------------------------------------------------------------------------------------------ results cache
