@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from skimage import data as skdata
 
+import uplift
 import uplift.hub
 from tests.conftest import REPO, SHARED
 from tests.helpers import tiny_config, tiny_vae_config
@@ -314,6 +315,17 @@ def test_released_names_and_files_bring_their_backbone(tmp_path: Path, monkeypat
     with pytest.raises(ConfigError, match="does not fit the UPLiFT model: it produces 32-channel features but"):
         FeatureExtractor(weights, backbone=_tiny_backbone(DINOV3), device="cpu")
     assert FeatureExtractor(folder, _tiny_backbone(DINOV2), device="cpu")(_photo(28, 28)).shape == (32, 28, 28)
+
+
+def test_offline_backbone_download_names_the_way_out(tmp_path: Path, monkeypatch) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    folder = UPLiFT(UPLiFTConfig.preset("dinov2-s14")).save_pretrained(tmp_path / "mine")
+    with pytest.raises(uplift.WeightsUnavailableError, match=r"(?s)Could not load the pretrained weights of backbone "
+                                                            r"'vit_small_patch14_dinov2.*backbone_weights='/path/to/"):
+        FeatureExtractor(folder, DINOV2, device="cpu")
 
 
 def test_vae_model_is_guided_by_the_raw_image(tmp_path: Path) -> None:

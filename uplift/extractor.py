@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from uplift.backbones import (Backbone, BackboneConfig, OriginalDINOv2Backbone, TimmViTBackbone, build_backbone,
                               check_backbone_fits)
-from uplift.errors import ConfigError, InputError
+from uplift.errors import ConfigError, InputError, WeightsUnavailableError
 from uplift.imageio import load_rgb, pil_to_tensor
 
 if TYPE_CHECKING:
@@ -442,7 +442,11 @@ class FeatureExtractor(nn.Module):
 
             model, reference = load_uplift(weights, config=config, cache_dir=cache_dir), weights
         self.model = model.eval()
-        self.backbone = resolve_backbone(reference, backbone, backbone_pretrained, backbone_weights)
+        try:
+            self.backbone = resolve_backbone(reference, backbone, backbone_pretrained, backbone_weights)
+        except WeightsUnavailableError as err:
+            raise WeightsUnavailableError(f"{err}\nWith FeatureExtractor: backbone_weights='/path/to/file' (e.g. the "
+                                          f"model.safetensors of the backbone's timm repository, copied here).") from None
         check_backbone_fits(self.backbone, self.model.config,
                             fix="pass the backbone these UPLiFT weights were trained on (backbone=...)")
         self.weights = str(reference) if isinstance(reference, (str, Path)) else type(reference).__name__
@@ -479,13 +483,15 @@ class FeatureExtractor(nn.Module):
         return [r.features for r in result] if isinstance(result, list) else result.features
 
     def extract(self, images: Union[ImageLike, Sequence[ImageLike]], *, output_size: OutputSize = None,
-                steps: Optional[int] = None, return_steps: bool = False) -> Union[Features, list[Features]]:
+                steps: Optional[int] = None, return_steps: bool = False,
+                name: Optional[str] = None) -> Union[Features, list[Features]]:
         """Like calling the extractor, with everything: :class:`Features` (dense features, the backbone's grid, its
-        CLS token, optionally every step), or a list of them for a list."""
+        CLS token, optionally every step), or a list of them for a list. ``name``: what errors call the image
+        (default: its path, or "image")."""
         if isinstance(images, (list, tuple)):
             return [self._one(item, f"image {i} of the list" if not isinstance(item, (str, Path)) else str(item),
                               output_size, steps, return_steps) for i, item in enumerate(images)]
-        name = str(images) if isinstance(images, (str, Path)) else "image"
+        name = name or (str(images) if isinstance(images, (str, Path)) else "image")
         return self._one(images, name, output_size, steps, return_steps)
 
     def _one(self, item: ImageLike, name: str, output_size: OutputSize, steps: Optional[int],

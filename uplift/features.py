@@ -110,7 +110,7 @@ def extract_files(files: Sequence[Path], stems: Sequence[Path], output_dir: Path
             image = load_rgb(source)
             if seed is not None:  # models with noise channels (the VAE's) give the same features on every run
                 torch.manual_seed(seed)
-            result = extractor.extract(image, return_steps=False)
+            result = extractor.extract(image, name=str(source))
         except (InputError, ValueError) as err:  # unreadable, too small, NaN pixels: skip it, name it
             skipped.append((source, str(err)))
             log.warning("Skipping %s: %s", source, err)
@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "<name>.safetensors (features [C, H, W] at the image's own size; low_res; cls) and <name>_pca.png "
                     "per image. Unreadable and too-small images are skipped with a warning naming them.",
         epilog="Example: uplift-features photos/ features/ --weights dinov2-s14. Without network: --weights "
-               "/path/to/uplift_dinov2-s14.safetensors --backbone-weights /path/to/dinov2_vits14.safetensors.",
+               "/path/to/uplift_dinov2-s14.safetensors --backbone-weights /path/to/dinov2_s14.safetensors.",
     )
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
     parser.add_argument("output", help="output folder: <name>.safetensors and <name>_pca.png per image, subfolders kept")
