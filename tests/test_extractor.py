@@ -462,3 +462,35 @@ def test_hub_vae_entry_decodes(tmp_path: Path, monkeypatch) -> None:
     assert latents.shape == (1, 4, 20, 28)
     picture = model.decode(latents)
     assert isinstance(picture, Image.Image) and picture.size == (224, 160)
+
+
+# ---------------------------------------------------------------- parity with the release's own extractor
+
+
+def test_same_features_as_the_releases_extractor() -> None:
+    """tests/data/release_extractor/: the release's UPLiFTExtractor (its code, run by make.py there) on a real photo
+    with tiny random weights. Our hub extractor and FeatureExtractor reproduce it: resize, normalisation, backbone,
+    steps, out_size."""
+    from safetensors.torch import load_file
+
+    from uplift.torchhub import ReleaseExtractor
+
+    case = REPO / "tests" / "data" / "release_extractor"
+    expected = load_file(case / "expected.safetensors")
+    backbone = TimmViTBackbone(DINOV2, weights=case / "vit.safetensors",
+                               model_kwargs=dict(embed_dim=32, depth=1, num_heads=2, img_size=56))
+    model = UPLiFT.from_pretrained(case / "uplift.safetensors", config=case / "config.yaml")
+    photo = Image.open(case / "photo.png")
+
+    def close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
+        assert ours.shape == theirs.shape
+        assert ((ours - theirs).norm() / theirs.norm()).item() <= 1e-5
+
+    for name, kwargs in {"iters4": dict(iters=4), "iters2_outsize47": dict(iters=2, out_size=47)}.items():
+        features, base = ReleaseExtractor(model, backbone, return_base_feat=True, silent=True, device="cpu",
+                                          **kwargs)(photo)
+        close(base, expected[f"{name}.base"])
+        close(features[:, ::4], expected[f"{name}.features"])
+    result = FeatureExtractor(model, backbone, device="cpu", output_size=RAW).extract(photo)
+    close(result.features[None, ::4], expected["iters4.features"])
+    close(result.low_res[None], expected["iters4.base"])

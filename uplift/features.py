@@ -84,7 +84,7 @@ def _replace_atomically(path: Path, write) -> None:
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or (
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)))
 
 
@@ -115,7 +115,7 @@ def extract_files(files: Sequence[Path], stems: Sequence[Path], output_dir: Path
             skipped.append((source, str(err)))
             log.warning("Skipping %s: %s", source, err)
             continue
-        except (RuntimeError, torch.OutOfMemoryError) as err:
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
             if not _is_out_of_memory(err):
                 raise
             reason = (f"out of memory at {image.size[1]}x{image.size[0]} pixels (HxW); lower --max-pixels "
