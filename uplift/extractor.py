@@ -453,9 +453,9 @@ class FeatureExtractor(nn.Module):
         self.policy, self.max_pixels, self.steps, self.output_size = policy, max_pixels, steps, output_size
         self.dtype, self.tile = dtype, tile
         self._warned_bound = False
+        # The modules given are used in place: moved to the device and put in eval mode (calls run without grad).
         self.to(torch.device(device) if device is not None else
                 torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        self.requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
