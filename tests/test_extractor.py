@@ -24,8 +24,8 @@ import uplift
 import uplift.hub
 from tests.conftest import REPO, SHARED
 from tests.helpers import tiny_config, tiny_vae_config
-from uplift import RELEASES, ConfigError, FeatureExtractor, Features, InputError, UPLiFT, UPLiFTConfig, dense_features, \
-    pca_image
+from uplift import (RELEASES, ConfigError, FeatureExtractor, Features, InputError, UPLiFT, UPLiFTConfig,
+                    dense_features, pca_image)
 from uplift.backbones import BackboneConfig, TimmViTBackbone, VAEBackbone
 from uplift.extractor import RAW, plan_size
 

@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from uplift.backbones import (Backbone, BackboneConfig, OriginalDINOv2Backbone, TimmViTBackbone, build_backbone,
-                              check_backbone_fits)
+from uplift.backbones import Backbone, BackboneConfig, OriginalDINOv2Backbone, build_backbone, check_backbone_fits
 from uplift.errors import ConfigError, InputError, WeightsUnavailableError
 from uplift.imageio import load_rgb, pil_to_tensor
 
@@ -129,7 +128,8 @@ def plan_size(height: int, width: int, patch: int, policy: str = "resize",
         return SizePlan((height, width), target, (round(h / patch) * patch, round(w / patch) * patch))
     if policy == "pad":
         pad_h, pad_w = -h % patch, -w % patch
-        return SizePlan((height, width), target, target, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        pad = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        return SizePlan((height, width), target, target, pad)
     if h % patch or w % patch:
         raise InputError(f"{name} is {h}x{w} pixels (HxW), not a multiple of the patch size {patch}, and the size "
                          f"policy is 'error'. Resize or crop it (e.g. to {round(h / patch) * patch}x"
@@ -145,7 +145,8 @@ def _output_hw(output_size: OutputSize, reference: tuple[int, int]) -> Optional[
     if isinstance(output_size, str):
         if output_size == RAW:
             return None
-        raise InputError(f"output_size must be None, {RAW!r}, an int (short side) or (height, width), got {output_size!r}.")
+        raise InputError(f"output_size must be None, {RAW!r}, an int (short side) or (height, width), "
+                         f"got {output_size!r}.")
     if isinstance(output_size, int) and not isinstance(output_size, bool):
         if output_size < 1:
             raise InputError(f"output_size must be positive, got {output_size}.")
@@ -174,9 +175,9 @@ def as_image_batch(image: Tensor, name: str = "image tensor") -> Tensor:
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[1] not in (1, 3) or image.shape[0] == 0:
+        alpha = image.dim() == 4 and image.shape[1] == 4
         raise InputError(f"{name}: expected a [3, H, W] or [B, 3, H, W] image tensor in [0, 1], got shape "
-                         f"{tuple(image.shape)}" + ("; drop the alpha channel first (image[:3])." if image.dim() == 4 and
-                                                    image.shape[1] == 4 else "."))
+                         f"{tuple(image.shape)}" + ("; drop the alpha channel first (image[:3])." if alpha else "."))
     if image.dtype == torch.uint8:
         image = image.float() / 255
     elif not image.is_floating_point():
@@ -255,7 +256,7 @@ def guide_image(image01: Tensor, backbone: Backbone, model: "UPLiFT") -> Tensor:
 
 def backbone_features(backbone: Backbone, image01: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """``(feature grid, CLS token or None)`` of a [0, 1] image batch."""
-    if isinstance(backbone, OriginalDINOv2Backbone) or (isinstance(backbone, TimmViTBackbone) and backbone.has_cls_token):
+    if isinstance(backbone, OriginalDINOv2Backbone) or getattr(backbone, "has_cls_token", False):
         grid, cls = backbone(image01, return_cls=True)
         return grid, cls
     return backbone(image01), None
@@ -351,13 +352,15 @@ def resolve_backbone(reference: Any, backbone: Union[None, str, BackboneConfig, 
                               weights=weights)
     if isinstance(reference, (str, Path)) and Path(reference).suffix == ".ckpt" and Path(reference).is_file():
         return _checkpoint_backbone(Path(reference), pretrained, weights)
-    raise ConfigError(f"Cannot tell which backbone the UPLiFT weights {reference if isinstance(reference, (str, Path)) else type(reference).__name__} "
+    what = reference if isinstance(reference, (str, Path)) else f"of this {type(reference).__name__}"
+    raise ConfigError(f"Cannot tell which backbone the UPLiFT weights {what} "
                       f"were trained on (only released names, their hub files and `uplift fit` checkpoints say it). "
                       f"Pass it: backbone='vit_small_patch14_dinov2.lvd142m' (any timm ViT name, a diffusers VAE "
                       f"repository, a BackboneConfig or a built backbone); on the command line --backbone NAME.")
 
 
-def _override(config: BackboneConfig, pretrained: Optional[bool], weights: Optional[Union[str, Path]]) -> BackboneConfig:
+def _override(config: BackboneConfig, pretrained: Optional[bool],
+              weights: Optional[Union[str, Path]]) -> BackboneConfig:
     changes: dict[str, Any] = {}
     if pretrained is not None:
         changes["pretrained"] = pretrained
@@ -445,8 +448,8 @@ class FeatureExtractor(nn.Module):
         try:
             self.backbone = resolve_backbone(reference, backbone, backbone_pretrained, backbone_weights)
         except WeightsUnavailableError as err:
-            raise WeightsUnavailableError(f"{err}\nWith FeatureExtractor: backbone_weights='/path/to/file' (e.g. the "
-                                          f"model.safetensors of the backbone's timm repository, copied here).") from None
+            raise WeightsUnavailableError(f"{err}\nWith FeatureExtractor: backbone_weights='/path/to/file' (e.g. "
+                                          f"the model.safetensors of the backbone's timm repository).") from None
         check_backbone_fits(self.backbone, self.model.config,
                             fix="pass the backbone these UPLiFT weights were trained on (backbone=...)")
         self.weights = str(reference) if isinstance(reference, (str, Path)) else type(reference).__name__

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                "/path/to/uplift_dinov2-s14.safetensors --backbone-weights /path/to/dinov2_s14.safetensors.",
     )
     parser.add_argument("input", help="an image file or a folder of images (searched recursively)")
-    parser.add_argument("output", help="output folder: <name>.safetensors and <name>_pca.png per image, subfolders kept")
+    parser.add_argument("output",
+                        help="output folder: <name>.safetensors and <name>_pca.png per image, subfolders kept")
     parser.add_argument("--weights", default="dinov2-s14",
                         help="UPLiFT weights: a release name (default: dinov2-s14; also dinov3-splus16, sd15-vae; "
                              "downloaded from the Hugging Face hub), a save_pretrained folder, a .ckpt of `uplift fit` "
@@ -246,7 +247,8 @@ def run(args: argparse.Namespace) -> list[Path]:
                          + "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
                          + ("; ..." if len(skipped) > 3 else "") + ").")
     if not args.quiet:
-        what = "PCA pictures" if args.pictures_only else f"features ({args.dtype}, {extractor.feature_channels} channels) and PCA pictures"
+        what = ("PCA pictures" if args.pictures_only else
+                f"features ({args.dtype}, {extractor.feature_channels} channels) and PCA pictures")
         print(f"{PROG}: wrote {what} of {len(written)} image(s) to {output_dir}"
               + (f"; skipped {len(skipped)}: " + ", ".join(str(path) for path, _ in skipped) if skipped else ""))
     return [output_dir / stem for stem in written]

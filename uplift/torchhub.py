@@ -73,7 +73,8 @@ class ReleaseUPLiFT(UPLiFT):
     def return_steps(self, setting: bool) -> None:
         self.return_all_steps = bool(setting)
 
-    def forward(self, img: Tensor, x: Tensor, outsize: Union[None, int, Sequence[int]] = None) -> Any:  # type: ignore[override]
+    def forward(self, img: Tensor, x: Tensor,  # type: ignore[override]
+                outsize: Union[None, int, Sequence[int]] = None) -> Any:
         steps = super().forward(img, x, steps=self.iters, return_all_steps=True)
         if outsize is not None:
             return TVF.resize(steps[-1], outsize, interpolation=TVF.InterpolationMode.BILINEAR, antialias=True)
@@ -91,9 +92,10 @@ class ReleaseExtractor(nn.Module):
     ``backbone_name``, ``patch``, ``device``, ``iters``, ``out_size``.
     """
 
-    def __init__(self, model: UPLiFT, backbone: Backbone, iters: int = 1, out_size: Union[None, int, Sequence[int]] = None,
-                 no_transform: bool = False, return_steps: bool = False, return_base_feat: bool = False,
-                 silent: bool = False, auto_resize: bool = True, low_mem: bool = False, fast: bool = False,
+    def __init__(self, model: UPLiFT, backbone: Backbone, iters: int = 1,
+                 out_size: Union[None, int, Sequence[int]] = None, no_transform: bool = False,
+                 return_steps: bool = False, return_base_feat: bool = False, silent: bool = False,
+                 auto_resize: bool = True, low_mem: bool = False, fast: bool = False,
                  device: Union[None, str, torch.device] = None, max_pixels: Optional[int] = None) -> None:
         super().__init__()
         if fast:

@@ -16,7 +16,6 @@ the release's format), ``uplift.safetensors`` (its weights), ``vit.safetensors``
 
 from pathlib import Path
 
-import numpy as np
 import timm
 import torch
 import yaml
