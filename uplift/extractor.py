@@ -506,7 +506,8 @@ class FeatureExtractor(nn.Module):
         if plan.bounded and not self._warned_bound:
             self._warned_bound = True
             log.warning("%s is %dx%d pixels (HxW), more than max_pixels=%d: it is processed at %dx%d (aspect kept)%s. "
-                        "This applies to every larger image of this extractor; pass max_pixels=None for full size.",
+                        "This applies to every larger image of this extractor; max_pixels=None (--max-pixels 0) "
+                        "lifts the bound.",
                         name, height, width, self.max_pixels, *plan.target,
                         " and its features returned at that size" if output_size is None else "")
         work = prepare_image(image, plan).to(self.device)
