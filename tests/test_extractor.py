@@ -485,3 +485,23 @@ def test_same_features_as_the_releases_extractor() -> None:
     result = FeatureExtractor(model, backbone, device="cpu", output_size=RAW).extract(photo)
     close(result.features[None, ::4], expected["iters4.features"])
     close(result.low_res[None], expected["iters4.base"])
+
+
+def test_every_front_door_loads_weights_through_the_one_resolver(tmp_path: Path, monkeypatch) -> None:
+    import uplift.checkpoints as checkpoints
+    from uplift.features import main
+    from uplift.torchhub import load
+
+    calls = []
+    real = checkpoints.load_uplift
+    monkeypatch.setattr(checkpoints, "load_uplift",
+                        lambda reference, config=None, **kwargs: calls.append(str(reference)) or
+                        real(reference, config=config, **kwargs))
+    torch.manual_seed(0)
+    folder = str(UPLiFT(tiny_config(14, channels=32)).save_pretrained(tmp_path / "mine"))
+    FeatureExtractor(folder, _tiny_backbone(DINOV2), device="cpu")
+    Image.fromarray(_photo(28, 28)).save(tmp_path / "photo.png")
+    assert main([str(tmp_path / "photo.png"), str(tmp_path / "out"), "--weights", folder, "--backbone", DINOV2,
+                 "--backbone-random", "--quiet"]) == 2  # a real-size random ViT-S does not fit this tiny model
+    load("dinov2-s14", weights=folder, include_extractor=False)
+    assert calls == [folder] * 3
