@@ -3,8 +3,12 @@
 The core (this package) is plain PyTorch: it imports without Lightning, and timm/diffusers are
 imported only when a backbone is built.
 
-    >>> from uplift import UPLiFT
-    >>> model = UPLiFT.from_pretrained("dinov2-s14")          # released weights from the hub
+    >>> from uplift import FeatureExtractor
+    >>> extractor = FeatureExtractor("dinov2-s14")            # released UPLiFT + its backbone, from the hub
+    >>> features = extractor("photo.jpg")                     # [384, H, W]: one feature per pixel
+
+    >>> from uplift import UPLiFT                              # the upsampler alone
+    >>> model = UPLiFT.from_pretrained("dinov2-s14")
     >>> dense = model(image, features, output_size=image.shape[-2:])
 """
 
@@ -13,6 +17,7 @@ from uplift.checkpoints import load_uplift
 from uplift.config import PRESETS, BlockGroupConfig, RefinerConfig, UPLiFTConfig
 from uplift.errors import (CheckpointMismatchError, ConfigError, InputError, UPLiFTError, UpsamplerUnavailableError,
                            WeightsError, WeightsUnavailableError)
+from uplift.extractor import FeatureExtractor, Features, dense_features, pca_image
 from uplift.hub import RELEASES
 from uplift.model import UPLiFT
 
@@ -25,6 +30,8 @@ __all__ = [
     "BlockGroupConfig",
     "CheckpointMismatchError",
     "ConfigError",
+    "FeatureExtractor",
+    "Features",
     "InputError",
     "LocalAttender",
     "RefinerConfig",
@@ -34,8 +41,10 @@ __all__ = [
     "UpsamplerUnavailableError",
     "WeightsError",
     "WeightsUnavailableError",
+    "dense_features",
     "load_uplift",
     "local_attend",
     "local_attend_reference",
+    "pca_image",
     "__version__",
 ]
