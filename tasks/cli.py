@@ -47,22 +47,6 @@ def read_finished(run_dir: str | Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def check_writable(folder: str | Path, what: str) -> None:
-    """Create ``folder`` and write a probe file there now, so that an unwritable output location is one error
-    before any work rather than a traceback after hours of training."""
-    from uplift.errors import ConfigError
-
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".uplift-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"Cannot write {what} to {folder} ({type(err).__name__}: {err.strerror or err}); choose a "
-                          f"writable folder.") from err
-
-
 def _output_locations(trainer: Any, model: Any, subcommand: str) -> list[tuple[Path, str]]:
     """Every folder this run will write to, with the option that sets it."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -150,6 +134,8 @@ def _cli_class() -> type:
             config = self.config_init[subcommand]
             if "weights_only" in config:
                 config["weights_only"] = True  # never unpickle code from a checkpoint, wherever it comes from
+            from uplift.outputs import check_writable
+
             for folder, what in _output_locations(self.trainer, self.model, subcommand):
                 check_writable(folder, what)
             if subcommand == "fit":

@@ -28,59 +28,14 @@ import torch
 
 from uplift.errors import ConfigError, InputError, UPLiFTError, WeightsUnavailableError
 from uplift.extractor import DEFAULT_MAX_PIXELS, POLICIES, RAW
+from uplift.outputs import check_writable, output_stems, replace_atomically
 
-__all__ = ["DTYPES", "build_parser", "check_writable", "extract_files", "main", "output_stems", "run"]
+__all__ = ["DTYPES", "build_parser", "extract_files", "main", "run"]
 
 log = logging.getLogger(__name__)
 
 PROG = "uplift-features"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def output_stems(files: Sequence[Path], root: Path) -> list[Path]:
-    """An output stem (relative path without suffix) per input file that no other input shares: ``a.jpg`` gives
-    ``a``, unless ``a.png`` is there too, then ``a.jpg`` and ``a.png`` (compared case-insensitively, for file
-    systems that are; a number is added if names still meet)."""
-    relative = [f.relative_to(root) if f != root else Path(f.name) for f in files]
-    stems = [r.with_suffix("") for r in relative]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[str(stem).lower()] = counts.get(str(stem).lower(), 0) + 1
-    chosen = [r if counts[str(s).lower()] > 1 else s for r, s in zip(relative, stems)]
-    taken: set[str] = set()
-    unique = []
-    for stem in chosen:
-        candidate, n = stem, 1
-        while str(candidate).lower() in taken:
-            candidate, n = stem.with_name(f"{stem.name}_{n}"), n + 1
-        taken.add(str(candidate).lower())
-        unique.append(candidate)
-    return unique
-
-
-def check_writable(folder: Union[str, Path]) -> Path:
-    """Create ``folder`` and write a probe file there before any work, or one :class:`ConfigError`."""
-    folder = Path(folder).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".uplift-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"Cannot write the features to {folder} ({type(err).__name__}: {err.strerror or err}); "
-                          f"choose a writable output folder.") from err
-    return folder
-
-
-def _replace_atomically(path: Path, write) -> None:
-    """``write(temporary path)``, then rename: a file of this name is always whole, even after Ctrl-C."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")  # the suffix tells PIL the format
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -139,11 +94,11 @@ def extract_files(files: Sequence[Path], stems: Sequence[Path], output_dir: Path
                         "work_size": "x".join(map(str, result.work_size)), "weights": extractor.weights,
                         "backbone": str(getattr(extractor.backbone, "name", type(extractor.backbone).__name__)),
                         "policy": extractor.policy, "format": "uplift-features"}
-            _replace_atomically(features_path, lambda p: save_file(tensors, str(p), metadata=metadata))
+            replace_atomically(features_path, lambda p: save_file(tensors, str(p), metadata=metadata))
         picture = pil_to_tensor(image)
         panels = feature_panels(picture, result.low_res.float().cpu(), [result.features.float().cpu()],
                                 size=min(512, picture.shape[-2]))
-        _replace_atomically(picture_path, lambda p: save_png(panels, p))
+        replace_atomically(picture_path, lambda p: save_png(panels, p))
         written.append(stem)
     return written, skipped
 
@@ -226,7 +181,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         files = [f for f in files if inside not in f.resolve().parents]
         if not files:
             raise ConfigError(f"No images under {root} outside the output folder {output_dir}.")
-    check_writable(output_dir)
+    check_writable(output_dir, "the features")
     stems = output_stems(files, root if root.is_dir() else root.parent)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:

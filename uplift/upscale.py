@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from uplift.backbones import check_backbone_fits
-from uplift.errors import WeightsUnavailableError
+from uplift.errors import ConfigError, UPLiFTError, WeightsUnavailableError
 from uplift.imageio import list_images, load_rgb, pil_to_tensor
+from uplift.outputs import check_writable, output_stems, replace_atomically
 
 __all__ = ["find_images", "load_image", "load_vae", "load_weights", "upscale_files", "main"]
 
@@ -41,16 +42,8 @@ def find_images(path: Union[str, Path]) -> list[tuple[Path, Path]]:
     sorted, subfolders kept), or one clear error."""
     path = Path(path).expanduser()
     files = list_images(path, hint="Give an image file or a folder of images.")
-    if path.is_file():
-        return [(path, Path(path.stem + ".png"))]
-    pairs, taken = [], set()
-    for file in files:
-        out = file.relative_to(path).with_suffix(".png")
-        if out in taken:  # photo.jpg and photo.png side by side
-            out = file.relative_to(path).with_name(file.name + ".png")
-        taken.add(out)
-        pairs.append((file, out))
-    return pairs
+    stems = output_stems(files, path.parent if path.is_file() else path)  # photo.jpg and photo.png: two outputs
+    return [(file, stem.with_name(stem.name + ".png")) for file, stem in zip(files, stems)]
 
 
 def load_image(path: Union[str, Path], multiple: int = 8) -> Tensor:
@@ -124,7 +117,9 @@ def upscale_files(
         if seed is not None:
             torch.manual_seed(seed)
         output = upscale_image(image.to(device), vae, model, steps=steps, correct_colors=correct_colors)
-        written.append(save_png(output[0].float().cpu(), output_dir / relative))
+        target = output_dir / relative
+        replace_atomically(target, lambda path: save_png(output[0].float().cpu(), path))
+        written.append(target)
     return written
 
 
@@ -162,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> list[Path]:
     if args.steps < 1:
-        raise ValueError(f"--steps must be a positive number of 2x steps, got {args.steps}.")
-    pairs = find_images(args.input)  # a missing input fails before any weights are loaded
+        raise ConfigError(f"--steps must be a positive number of 2x steps, got {args.steps}.")
+    pairs = find_images(args.input)  # a missing input or an unwritable output fails before any weights are loaded
+    check_writable(args.output, "the upscaled images")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model = load_weights(args.weights, args.config)
     vae = load_vae(args.vae, random_init=args.vae_random)
@@ -185,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s")
     try:
         run(args)
-    except (ValueError, FileNotFoundError, WeightsUnavailableError) as err:
+    except (UPLiFTError, ValueError, FileNotFoundError) as err:
         if os.environ.get("UPLIFT_TRACEBACK"):
             raise
         print(f"{PROG}: error: {err}", file=sys.stderr)
