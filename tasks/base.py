@@ -273,7 +273,7 @@ class UpsamplerComparison:
             for kind in self.kinds:
                 metric = named[f"{kind}_{name}_d{depth}"]
                 if kind == "mse":
-                    metric.update(pred.contiguous(), target.contiguous())
+                    metric.update(pred.contiguous(), target.contiguous())  # no copy when already contiguous
                 else:
                     metric.update(1 - F.cosine_similarity(pred, target, dim=1).mean(), weight=target.shape[0])
 
@@ -350,7 +350,7 @@ class UpsamplerTask(FrozenBackboneTask):
             return
         metrics = getattr(self, f"{stage}_metrics")
         pyramid = self.held_out_pyramid(batch["image"], metrics)
-        target = pyramid[0][1]
+        target = pyramid[0][1].contiguous()  # torchmetrics' MSE flattens with view()
         for depth in self.comparison.depths:
             image, features = pyramid[depth]
             self.comparison.update(metrics, depth, self.upsample(image, features, depth), features, target)
