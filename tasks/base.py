@@ -35,6 +35,9 @@ from uplift.visualize import feature_panels
 
 __all__ = ["FrozenBackboneTask", "UpsamplerComparison", "UpsamplerTask", "moved_to_callback"]
 
+#: What replaces the tasks' deprecated ``pca_images`` argument.
+PCA_PICTURES_INSTEAD = "add `tasks.callbacks.PCAPictures` (init_args: {images: N}) to trainer.callbacks"
+
 #: Checkpoints written before the ``task`` key existed: a key that only one task writes -> that task.
 _LEGACY_MARKERS = (("uplift_config", "PredictiveTask"), ("lift_config", "LiFTTask"))
 _LEGACY_STATE_MARKERS = (("probe.weight", "SegmentationProbeTask"), ("head.weight", "DepthProbeTask"))
@@ -224,7 +227,8 @@ class FrozenBackboneTask(L.LightningModule):
                   for k in expected if k in state and tuple(state[k].shape) != expected[k]]
         if missing or extra or shapes:
             def listing(title: str, items: list[str]) -> str:
-                return f" {title} ({len(items)}): {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}." if items else ""
+                more = ", ..." if len(items) > 6 else ""
+                return f" {title} ({len(items)}): {', '.join(items[:6])}{more}." if items else ""
 
             raise CheckpointMismatchError(
                 f"{source} does not fit {self.task_name()} as configured (a checkpoint of another width or model?)."
@@ -281,7 +285,8 @@ class UpsamplerComparison:
         out = {}
         for kind in self.kinds:
             for name in (self.ours, "bilinear"):
-                per_depth = [values[f"{stage}/{kind}_{name}_d{d}"] for d in self.depths if f"{stage}/{kind}_{name}_d{d}" in values]
+                keys = [f"{stage}/{kind}_{name}_d{d}" for d in self.depths]
+                per_depth = [values[k] for k in keys if k in values]
                 if per_depth:
                     out[f"{stage}/{kind}_{name}"] = torch.stack(per_depth).mean()
         ours, bilinear = out.get(f"{stage}/mse_{self.ours}"), out.get(f"{stage}/mse_bilinear")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from tasks.base import UpsamplerComparison, UpsamplerTask, moved_to_callback
+from tasks.base import PCA_PICTURES_INSTEAD, UpsamplerComparison, UpsamplerTask, moved_to_callback
 from tasks.common import BackboneConfig, Downsample, check_backbone_fits, feature_pyramid
 from uplift.lift import LiFT, LiFTConfig
 
@@ -92,8 +92,7 @@ class LiFTTask(UpsamplerTask):
             raise ValueError(f"color_jitter must be in [0, 0.5] (it is also the hue jitter), got {color_jitter}.")
         self.model_config, self.levels = lift, sorted({int(level) for level in levels})
         self.loss_kind, self.downsample, self.lr, self.color_jitter = loss, downsample, lr, color_jitter
-        self.pca_images = moved_to_callback(type(self).__name__, "pca_images", pca_images,
-                                            "add `tasks.callbacks.PCAPictures` (init_args: {images: N}) to trainer.callbacks")
+        self.pca_images = moved_to_callback(type(self).__name__, "pca_images", pca_images, PCA_PICTURES_INSTEAD)
         self._jitter_seed = torch.initial_seed()  # set by seed_everything before the model is built
         self.comparison = UpsamplerComparison("lift", self.levels, kinds=("mse", "cosdist"))
         super().__init__(backbone)

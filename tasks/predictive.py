@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tasks.base import UpsamplerComparison, UpsamplerTask, moved_to_callback
+from tasks.base import PCA_PICTURES_INSTEAD, UpsamplerComparison, UpsamplerTask, moved_to_callback
 from tasks.common import BackboneConfig, check_backbone_fits, crop_to_multiple, image_pyramid
 from uplift import UPLiFT, UPLiFTConfig
 from uplift.checkpoints import load_state_dict_strict
@@ -67,8 +67,7 @@ class PredictiveTask(UpsamplerTask):
         name = type(self).__name__
         self.model_config, self.depths = uplift, sorted({int(d) for d in depths})
         self.lr, self.init_weights = lr, init_weights
-        self.pca_images = moved_to_callback(name, "pca_images", pca_images,
-                                            "add `tasks.callbacks.PCAPictures` (init_args: {images: N}) to trainer.callbacks")
+        self.pca_images = moved_to_callback(name, "pca_images", pca_images, PCA_PICTURES_INSTEAD)
         self.predict_dir = moved_to_callback(name, "predict_dir", predict_dir,
                                              "add `tasks.writers.FeatureWriter` (init_args: {output_dir: ...}) to "
                                              "trainer.callbacks")

@@ -95,7 +95,8 @@ class FeatureWriter(BasePredictionWriter):
     def __init__(self, output_dir: str = "predictions", save_features: bool = True,
                  return_predictions: bool = False) -> None:
         super().__init__(write_interval="batch")
-        self.output_dir, self.save_features, self.return_predictions = Path(output_dir), save_features, return_predictions
+        self.output_dir, self.save_features = Path(output_dir), save_features
+        self.return_predictions = return_predictions
         self._planned: dict[str, Path] = {}
         self._written: set[str] = set()
 

@@ -178,7 +178,8 @@ def test_cli_validate_with_a_checkpoint_of_another_task_or_width_is_one_error(tm
                           VOCDataModule(str(voc), image_size=56, batch_size=1, num_workers=0))
     line = _cli_error(["validate", "--config", str(CONF / "probe_voc.yaml"), "--ckpt_path", str(probe),
                        "--data.init_args.root", str(voc)], capsys)
-    assert "does not fit SegmentationProbeTask" in line and "probe.weight: checkpoint (25, 32, 1, 1), this task (21, 32, 1, 1)" in line
+    assert "does not fit SegmentationProbeTask" in line
+    assert "probe.weight: checkpoint (25, 32, 1, 1), this task (21, 32, 1, 1)" in line
 
 
 # ---------------------------------------------------------------------------------------- metrics
@@ -194,7 +195,8 @@ def test_comparison_metrics_equal_the_per_batch_means_they_replace() -> None:
     for size in (3, 1, 2):
         target = torch.randn(size, 4, 8, 8, generator=g)
         for depth in (1, 2):
-            low, ours = torch.randn(size, 4, 8 >> depth, 8 >> depth, generator=g), torch.randn(size, 4, 8, 8, generator=g)
+            low = torch.randn(size, 4, 8 >> depth, 8 >> depth, generator=g)
+            ours = torch.randn(size, 4, 8, 8, generator=g)
             comparison.update(metrics, depth, ours, low, target)
             per_batch[depth].append((size, torch.nn.functional.mse_loss(ours, target)))
         batches.append(size)
@@ -245,7 +247,8 @@ def test_pictures_need_a_logger_that_takes_images(tmp_path: Path, monkeypatch) -
     task = PredictiveTask(backbone=TINY_VIT, uplift=tiny_config(14, channels=32), depths=[1, 2])
     monkeypatch.setattr(task, "pca_picture", lambda *a, **k: pytest.fail("a picture made for nobody"))
     for logger in (False, CSVLogger(tmp_path / "csv")):
-        quiet_trainer(tmp_path, logger=logger, callbacks=[PCAPictures(images=2)]).validate(task, photos(), verbose=False)
+        trainer = quiet_trainer(tmp_path, logger=logger, callbacks=[PCAPictures(images=2)])
+        trainer.validate(task, photos(), verbose=False)
 
     class Recorder:
         def __init__(self) -> None:
