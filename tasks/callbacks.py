@@ -10,6 +10,11 @@
   reaches the weights or a checkpoint; the last good checkpoint is kept.
 
 The CLI adds :class:`Interruptions` and :class:`FiniteLoss` to every trainer it builds.
+
+Pictures are logged by callbacks too (the tasks only make them): :class:`PCAPictures` (the paper's Figure 10 for
+held-out images, ``val/pca_<i>``) and :class:`DecodedPreviews` (the generative task's decoded rows,
+``val/preview_<i>``), on global rank 0, to every logger that takes images (TensorBoard's ``add_image``); with
+no such logger they do nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from uplift.errors import UPLiFTError
 
-__all__ = ["RunCheckpoint", "Interruptions", "FiniteLoss", "RunInterrupted", "DivergedError", "interrupting_signal"]
+__all__ = ["RunCheckpoint", "Interruptions", "FiniteLoss", "RunInterrupted", "DivergedError", "interrupting_signal",
+           "PCAPictures", "DecodedPreviews", "image_writers"]
 
 #: The signals that stop a run gracefully; their numbers make the exit status (128 + n).
 SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")
@@ -54,7 +60,13 @@ def interrupting_signal(trainer: L.Trainer) -> Optional[int]:
 class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` (e.g. every N steps) that also writes ``last.ckpt`` when training ends, whether it
     finished (``max_steps``/``max_epochs``) or was interrupted (a signal, Ctrl-C), so that ``--ckpt_path
-    .../last.ckpt`` always resumes from the latest completed step. A diverged run keeps its last good checkpoint."""
+    .../last.ckpt`` always resumes from the latest completed step. A diverged run keeps its last good checkpoint.
+
+    Lightning's own pieces do the rest: the periodic and ``save_last`` checkpoints are ``ModelCheckpoint``'s. Its
+    ``OnExceptionCheckpoint`` cannot take the interruption save: it saves on every exception (a diverged run, a
+    failed ``validate``), into a file of its own that its ``teardown`` deletes after a finished run (so it cannot be
+    the ``last.ckpt`` that ``--ckpt_path`` resumes from), and leaves ``last_model_path``, which the CLI reports, stale.
+    """
 
     def _save_final(self, trainer: L.Trainer) -> None:
         if self.dirpath is None or trainer.sanity_checking:
@@ -140,3 +152,85 @@ class FiniteLoss(Callback):
                 + (f"The last good checkpoint is {kept}. " if kept else "No checkpoint had been written yet. ")
                 + "Lower the learning rate (model.init_args.lr), use precision 32-true instead of 16-mixed, or check "
                 "the data for broken images.")
+
+
+def image_writers(trainer: L.Trainer) -> list[Any]:
+    """The experiments of ``trainer``'s loggers that take images (``add_image``: TensorBoard's ``SummaryWriter``),
+    on global rank 0 only; empty elsewhere or when no logger takes images."""
+    if not trainer.is_global_zero:
+        return []
+    writers = []
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if callable(getattr(experiment, "add_image", None)):
+            writers.append(experiment)
+    return writers
+
+
+class _HeldOutPictures(Callback):
+    """Log one picture for each of the first ``images`` held-out images at every validation (rank 0, loggers that
+    take images). A subclass says which task method makes the picture."""
+
+    tag: str
+    method: str
+
+    def __init__(self, images: int = 2) -> None:
+        if images < 0:
+            raise ValueError(f"images must be >= 0 (how many held-out images get a picture), got {images}.")
+        self.images = int(images)
+        self._logged = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.images and not callable(getattr(pl_module, self.method, None)):
+            from uplift.errors import ConfigError
+
+            raise ConfigError(f"{type(self).__name__} needs a task that makes its pictures ({self.method}); "
+                              f"{type(pl_module).__name__} has none: remove the callback from trainer.callbacks.")
+
+    def picture(self, pl_module: L.LightningModule, image: torch.Tensor) -> torch.Tensor:
+        return getattr(pl_module, self.method)(image)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._logged = 0
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._logged >= self.images or not isinstance(batch, dict) or batch.get("image") is None:
+            return
+        writers = image_writers(trainer)
+        if not writers:
+            return
+        for image in batch["image"][: self.images - self._logged]:
+            picture = self.picture(pl_module, image).detach().cpu()
+            for writer in writers:
+                writer.add_image(f"{self.tag}_{self._logged}", picture, trainer.global_step)
+            self._logged += 1
+
+
+class PCAPictures(_HeldOutPictures):
+    """The paper's Figure 10 (image | backbone features | every 2x step, one joint PCA) of the first ``images``
+    held-out images, as ``val/pca_<i>``; for the tasks with a ``pca_picture`` (predictive, generative, LiFT)."""
+
+    tag, method = "val/pca", "pca_picture"
+
+
+class DecodedPreviews(_HeldOutPictures):
+    """The generative task's decoded rows (low-res input | bilinear latents decoded | UPLiFT decoded and colour
+    corrected | original) of the first ``images`` held-out images, as ``val/preview_<i>``.
+
+    Args:
+        images: how many held-out images get a row (0: none).
+        steps: 2x steps of the previews (the input is the image at S / 2^steps; at most the task's deepest
+            depth). Default 2: the paper's 4x super-resolution (256 -> 1024).
+    """
+
+    tag, method = "val/preview", "preview_row"
+
+    def __init__(self, images: int = 2, steps: int = 2) -> None:
+        super().__init__(images)
+        if steps < 1:
+            raise ValueError(f"steps must be a positive number of 2x steps, got {steps}.")
+        self.steps = int(steps)
+
+    def picture(self, pl_module: L.LightningModule, image: torch.Tensor) -> torch.Tensor:
+        return pl_module.preview_row(image, steps=self.steps)

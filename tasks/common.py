@@ -1,4 +1,4 @@
-"""Pieces every task shares: the backbone's typed config and the frozen-backbone bookkeeping."""
+"""Pieces every task shares: the backbone's typed config, image and feature pyramids (the base: tasks/base.py)."""
 
 from __future__ import annotations
 

@@ -261,14 +261,22 @@ class DepthProbeTask(ProbeTask):
     ) -> None:
         if gradient_loss not in ("jafar", "hw"):
             raise ValueError(f"gradient_loss must be 'jafar' (as published) or 'hw', got {gradient_loss!r}.")
+        _check_empty(empty_loss)
+        self.gradient_weight, self.gradient_loss = gradient_weight, gradient_loss
+        self.warm_up_iters, self.empty_loss = warm_up_iters, empty_loss
         metrics = MetricCollection({name: DepthMetric(name) for name in DEPTH_METRICS})
         super().__init__(backbone, upsampler, feature_size, probe_checkpoint, metrics, lr, weight_decay,
                          schedule_interval, normalize_input=normalize_input, autocast_dtype=autocast_dtype)
-        self.loss = DepthLoss(gradient_weight, "batch_channel" if gradient_loss == "jafar" else "hw",
-                              warm_iter=warm_up_iters, empty_loss=empty_loss)
+
+    def configure_models(self) -> None:
+        super().configure_models()
         channels = self.features.backbone.feature_channels
         self.head = nn.Conv2d(2 * channels, NUM_BINS, kernel_size=1)
         self.register_buffer("bin_centers", torch.linspace(MIN_DEPTH, MAX_DEPTH, NUM_BINS), persistent=False)
+
+    def configure_losses(self) -> None:
+        self.loss = DepthLoss(self.gradient_weight, "batch_channel" if self.gradient_loss == "jafar" else "hw",
+                              warm_iter=self.warm_up_iters, empty_loss=self.empty_loss)
 
     def head_scores(self, dense: Tensor, cls: Tensor) -> Tensor:
         """``head(concat(dense, broadcast(normalize(cls))))`` without materialising the broadcast: the CLS

@@ -16,9 +16,10 @@ What differs from :class:`~tasks.predictive.PredictiveTask` (paper appendix B.1)
   is a noisy target of the deeper depths' intermediate steps (only the full-size target stays clean);
   that is the default, and ``clean_targets=True`` keeps every target clean, as the paper's text (input
   augmentation) describes;
-- validation also logs decoded pictures to TensorBoard (``val/preview_<i>``), one row per held-out image:
-  the low-res input | bilinearly upsampled latents, decoded | UPLiFT's latents, decoded and colour
-  corrected | the original.
+- its pictures are decoded images (:meth:`GenerativeTask.preview_row`), one row per held-out image: the
+  low-res input | bilinearly upsampled latents, decoded | UPLiFT's latents, decoded and colour corrected |
+  the original; the ``tasks.callbacks.DecodedPreviews`` callback logs them at each validation
+  (``val/preview_<i>`` in TensorBoard).
 """
 
 from __future__ import annotations
@@ -30,16 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tasks.base import moved_to_callback
 from tasks.common import BackboneConfig, resize_image
 from tasks.predictive import PredictiveTask
 from uplift import UPLiFTConfig
 from uplift.generative import upscale_image
+from uplift.visualize import panel_row
 
-__all__ = ["GenerativeTask", "SD15_REPO"]
+__all__ = ["DEFAULT_PREVIEW_STEPS", "GenerativeTask", "SD15_REPO"]
 
 log = logging.getLogger(__name__)
 
 SD15_REPO = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: 2x steps of a preview when none are asked for: the paper's 4x super-resolution (256 -> 1024)
+DEFAULT_PREVIEW_STEPS = 2
 
 
 class GenerativeTask(PredictiveTask):
@@ -56,13 +61,10 @@ class GenerativeTask(PredictiveTask):
         clean_targets: ``False`` (the release): a latent that a depth received with noise is, with that
             same noise, the target of deeper depths' steps at its size; ``True``: targets are always
             the clean latents.
-        preview_images: how many held-out images get a decoded preview row in TensorBoard at each
-            validation (0: none).
-        preview_steps: 2x steps of the previews (the input is the image at S / 2^steps); at most
-            ``max(depths)``. Default 2: the paper's 4x super-resolution (256 -> 1024).
         init_weights: start from released weights (``sd15-vae``) or a ``save_pretrained`` directory.
-        pca_images: PCA pictures of the latents (as the predictive task); off by default.
-        predict_dir, predict_save_features: as the predictive task (``uplift predict``); to upscale
+        preview_images, preview_steps: deprecated: the ``tasks.callbacks.DecodedPreviews`` callback (``images``,
+            ``steps``) logs the decoded previews.
+        pca_images, predict_dir, predict_save_features: deprecated, as for the predictive task; to upscale
             images use ``uplift-upscale``.
     """
 
@@ -74,24 +76,38 @@ class GenerativeTask(PredictiveTask):
         lr: float = 1e-3,
         latent_noise: float = 1.0,
         clean_targets: bool = False,
-        preview_images: int = 2,
-        preview_steps: int = 2,
+        preview_images: Optional[int] = None,
+        preview_steps: Optional[int] = None,
         init_weights: Optional[str] = None,
-        pca_images: int = 0,
-        predict_dir: str = "predictions",
-        predict_save_features: bool = True,
+        pca_images: Optional[int] = None,
+        predict_dir: Optional[str] = None,
+        predict_save_features: Optional[bool] = None,
     ) -> None:
-        super().__init__(backbone=backbone, uplift=uplift, depths=depths, lr=lr, init_weights=init_weights,
-                         pca_images=pca_images, predict_dir=predict_dir, predict_save_features=predict_save_features)
         if latent_noise < 0:
             raise ValueError(f"latent_noise is a standard deviation and must be >= 0, got {latent_noise}.")
-        if preview_steps < 1:
+        if preview_steps is not None and preview_steps < 1:
             raise ValueError(f"preview_steps must be a positive number of 2x steps, got {preview_steps}.")
-        if not hasattr(self.backbone, "decode"):
-            raise ValueError(f"The generative task needs a VAE backbone (`backbone.kind: vae`), got {backbone.name!r}.")
         self.latent_noise, self.clean_targets = float(latent_noise), bool(clean_targets)
-        self.preview_images, self.preview_steps = int(preview_images), int(preview_steps)
-        self._previewed = 0
+        instead = "add `tasks.callbacks.DecodedPreviews` (init_args: {images: N, steps: S}) to trainer.callbacks"
+        self.preview_images = moved_to_callback(type(self).__name__, "preview_images", preview_images, instead)
+        self.preview_steps = moved_to_callback(type(self).__name__, "preview_steps", preview_steps, instead)
+        super().__init__(backbone=backbone, uplift=uplift, depths=depths, lr=lr, init_weights=init_weights,
+                         pca_images=pca_images, predict_dir=predict_dir, predict_save_features=predict_save_features)
+
+    def configure_models(self) -> None:
+        super().configure_models()
+        if not hasattr(self.backbone, "decode"):
+            raise ValueError(f"The generative task needs a VAE backbone (`backbone.kind: vae`), got "
+                             f"{self.backbone_config.name!r}.")
+
+    def configure_callbacks(self) -> list[Any]:
+        callbacks = super().configure_callbacks()
+        if self.preview_images is not None or self.preview_steps is not None:
+            from tasks.callbacks import DecodedPreviews
+
+            callbacks.append(DecodedPreviews(images=2 if self.preview_images is None else self.preview_images,
+                                             steps=self.preview_steps or DEFAULT_PREVIEW_STEPS))
+        return callbacks
 
     # ------------------------------------------------------------------ training
     def model_input(self, features: Tensor) -> Tensor:
@@ -111,27 +127,13 @@ class GenerativeTask(PredictiveTask):
             return clean
         return [inputs.get(level, features) for level, features in enumerate(clean)]  # level 0 is no input
 
-    # ------------------------------------------------------------------ validation pictures
-    def on_validation_epoch_start(self) -> None:
-        self._previewed = 0
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        super().validation_step(batch, batch_idx)
-        if batch["image"] is None or self._previewed >= self.preview_images:
-            return
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image") or self.global_rank != 0:
-            return
-        for image in batch["image"][: self.preview_images - self._previewed]:
-            experiment.add_image(f"val/preview_{self._previewed}", self.preview_row(image), self.global_step)
-            self._previewed += 1
-
+    # ------------------------------------------------------------------ pictures
     @torch.no_grad()
     def preview_row(self, image01: Tensor, steps: Optional[int] = None, gap: int = 4) -> Tensor:
         """``[3, H, 4 W + 3 gap]`` for one ``[3, H, W]`` image: the image at H/2^steps (nearest-upsampled for
         display) | its latents bilinearly upsampled and decoded | UPLiFT's, decoded and colour corrected
-        | the original."""
-        steps = min(steps or self.preview_steps, max(self.depths))
+        | the original (``steps``: default 2, the paper's 4x; at most ``max(depths)``)."""
+        steps = min(steps or self.preview_steps or DEFAULT_PREVIEW_STEPS, max(self.depths))
         h, w = image01.shape[-2:]
         original = image01[None].float()
         low = resize_image(original, (h >> steps, w >> steps))
@@ -143,8 +145,5 @@ class GenerativeTask(PredictiveTask):
             upscale_image(low, self.backbone, self.model, steps=steps, correct_colors=True).float(),
             original,
         ]
-        spacer = torch.ones(1, 3, h, gap, device=original.device)
-        row = [panels[0]]
-        for panel in panels[1:]:
-            row += [spacer, F.interpolate(panel, size=(h, w), mode="bilinear") if panel.shape[-2:] != (h, w) else panel]
-        return torch.cat(row, dim=-1)[0].clamp(0, 1).cpu()
+        panels = [F.interpolate(p, size=(h, w), mode="bilinear") if p.shape[-2:] != (h, w) else p for p in panels]
+        return panel_row([p[0].clamp(0, 1) for p in panels], gap=gap).cpu()

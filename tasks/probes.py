@@ -14,17 +14,16 @@ the [0, 1] image with the backbone's mean/std, JAFAR's depth probe feeds it raw 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
+from tasks.base import FrozenBackboneTask
 from tasks.common import BackboneConfig
 from uplift.upsamplers import Bilinear, Upsampler
 
@@ -83,8 +82,11 @@ class FrozenFeatures(nn.Module):
         return (dense, cls.float()) if return_cls else dense
 
 
-class ProbeTask(L.LightningModule):
+class ProbeTask(FrozenBackboneTask):
     """Shared plumbing: frozen features, checkpoints without frozen weights, the test-time checkpoint.
+
+    Checkpoints keep the probe (and a randomly initialised backbone, which cannot be rebuilt); the upsampler and
+    a pretrained backbone are rebuilt from the config (:meth:`FrozenBackboneTask.stored_in_checkpoint`).
 
     Args:
         backbone: the frozen backbone (DINOv2-S/14 for Table 1).
@@ -92,55 +94,54 @@ class ProbeTask(L.LightningModule):
         feature_size: side of the dense features and of the images (448).
         probe_checkpoint: the trained probe that ``uplift test`` evaluates when no ``--ckpt_path`` is
             given (``uplift fit`` writes it through the config's checkpoint callback).
+        metrics: the evaluation metrics (cloned for ``val`` and ``test``).
         normalize_input / autocast_dtype: see :class:`FrozenFeatures`.
     """
+
+    backbone_key = "features.backbone"
+    rebuilt_keys = ("features",)
 
     def __init__(self, backbone: BackboneConfig, upsampler: Optional[Upsampler], feature_size: int,
                  probe_checkpoint: Optional[str], metrics: MetricCollection, lr: float, weight_decay: float,
                  schedule_interval: str, normalize_input: bool = True, autocast_dtype: AutocastDtype = None) -> None:
-        super().__init__()
         if schedule_interval not in ("epoch", "step"):
             raise ValueError(f"schedule_interval must be 'epoch' (cosine over the epochs) or 'step' (JAFAR's "
                              f"per-iteration stepping), got {schedule_interval!r}.")
-        self.backbone_config = backbone
-        self.features = FrozenFeatures(backbone, upsampler if upsampler is not None else Bilinear(), feature_size,
-                                       normalize=normalize_input, autocast_dtype=autocast_dtype)
+        # Modules handed to the constructor wait in a plain dict until configure_* registers them where they belong
+        # (the upsampler inside FrozenFeatures), so that they are not also registered as attributes of the task.
+        self._given = {"upsampler": upsampler, "metrics": metrics}
+        self.feature_size, self.normalize_input, self.autocast_dtype = feature_size, normalize_input, autocast_dtype
         self.probe_checkpoint = probe_checkpoint
         self.lr, self.weight_decay, self.schedule_interval = lr, weight_decay, schedule_interval
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        self.strict_loading = False  # frozen parts are rebuilt from the config, not stored
+        super().__init__(backbone)
+
+    def configure_models(self) -> None:
+        upsampler = self._given.pop("upsampler")
+        self.features = FrozenFeatures(self.backbone_config, upsampler if upsampler is not None else Bilinear(),
+                                       self.feature_size, normalize=self.normalize_input,
+                                       autocast_dtype=self.autocast_dtype)
+
+    def configure_metrics(self) -> None:
+        self.stage_metrics(self._given.pop("metrics"), ("val", "test"))
 
     # ------------------------------------------------------------------ evaluation
     def evaluation_pair(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """``(prediction, target)`` for the metrics."""
         raise NotImplementedError
 
-    def _evaluate(self, batch: dict[str, Any], metrics: MetricCollection) -> None:
-        metrics.update(*self.evaluation_pair(batch))
-        self.log_dict(metrics, batch_size=batch["image"].shape[0])
-
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_metrics)
+        self.val_metrics.update(*self.evaluation_pair(batch))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        self.test_metrics.update(*self.evaluation_pair(batch))
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW on the probe alone (everything else is frozen), cosine annealing over the epochs."""
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=self.lr, betas=(0.9, 0.999),
+                                      weight_decay=self.weight_decay)
         epochs = max(1, self.trainer.max_epochs or 1) if self.trainer is not None else 1
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule_interval}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep_backbone = not self.backbone_config.reproducible  # a random backbone cannot be rebuilt
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items()
-            if not k.startswith("features.") or (keep_backbone and k.startswith("features.backbone."))
-        }
-        checkpoint["backbone_config"] = asdict(self.backbone_config)
 
     def setup(self, stage: str) -> None:
         if stage != "test" or self.trainer is None or self.trainer.ckpt_path is not None or not self.probe_checkpoint:
@@ -153,11 +154,11 @@ class ProbeTask(L.LightningModule):
                 f"No trained probe at {path}: train it first with `uplift fit` and the same --config and "
                 f"overrides{example}, or pass --ckpt_path."
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        missing = [k for k in self.state_dict() if not k.startswith("features.") and k not in state]
-        if missing:
-            raise ValueError(f"{path} is not a checkpoint of this probe (missing {missing[:4]}).")
-        self.load_state_dict(state, strict=False)
+        from uplift.checkpoints import read_checkpoint
+
+        checkpoint = read_checkpoint(path)
+        self.check_checkpoint(checkpoint, str(path))
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
 
 
 class SegmentationProbeTask(ProbeTask):
@@ -185,10 +186,13 @@ class SegmentationProbeTask(ProbeTask):
             "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=255),
             "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=255),
         })
+        self.num_classes = num_classes
         super().__init__(backbone, upsampler, feature_size, probe_checkpoint, metrics, lr, weight_decay,
                          schedule_interval, normalize_input=True, autocast_dtype=autocast_dtype)
-        self.num_classes = num_classes
-        self.probe = nn.Conv2d(self.features.backbone.feature_channels, num_classes, kernel_size=1)
+
+    def configure_models(self) -> None:
+        super().configure_models()
+        self.probe = nn.Conv2d(self.features.backbone.feature_channels, self.num_classes, kernel_size=1)
 
     def forward(self, image01: Tensor) -> Tensor:
         return self.probe(self.features(image01))

@@ -134,6 +134,22 @@ def test_vit_features_are_normed_patch_tokens(vits, name):
     torch.testing.assert_close(grid[:, :, 1, 4], tokens[:, prefix + 9], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", [*TINY_VITS, "vit_small_patch14_reg4_dinov2.lvd142m"])
+def test_vit_features_are_forward_features_bit_for_bit(name):
+    """The backbone reads the patch grid and the CLS token through timm's forward_intermediates: exactly the
+    tensors of forward_features (DINOv2's VisionTransformer with and without registers, DINOv3's Eva)."""
+    torch.manual_seed(0)
+    backbone = TimmViTBackbone(name, pretrained=False, model_kwargs=TINY_VITS.get(name, TINY_VITS[DINOV2])[0])
+    p, prefix = backbone.patch_size, backbone.num_prefix_tokens
+    assert prefix == {DINOV2: 1, DINOV3: 5}.get(name, 5)
+    image = _image(2, 3 * p, 5 * p, seed=3)
+    with torch.no_grad():
+        tokens = backbone.model.forward_features(backbone.normalize(image))
+    grid, cls = backbone(image, return_cls=True)
+    assert torch.equal(grid, tokens[:, prefix:].transpose(1, 2).reshape(2, 32, 3, 5))
+    assert torch.equal(cls, tokens[:, 0]) and torch.equal(backbone(image), grid)
+
+
 def test_return_cls_without_cls_token_raises():
     backbone = TimmViTBackbone(DINOV2, pretrained=False, model_kwargs=dict(
         TINY_VITS[DINOV2][0], class_token=False, global_pool="avg"))

@@ -299,11 +299,10 @@ class RecordingUpsampler(Upsampler):
 def backbone_inputs(task, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(what the backbone's ViT and what the upsampler received) for one forward."""
     vit, seen = task.features.backbone.model, []
-    original = vit.forward_features
-    vit.forward_features = lambda x: seen.append(x.clone()) or original(x)
+    hook = vit.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     with torch.no_grad():
         task(image)
-    vit.forward_features = original
+    hook.remove()
     return seen[0], task.features.upsampler.seen[-1]
 
 

@@ -128,7 +128,7 @@ class Backbone(nn.Module):
 
 class TimmViTBackbone(Backbone):
     """A timm ViT (DINOv2's ``VisionTransformer``, DINOv3's ``Eva``); features are the last block's patch
-    tokens after the final norm, as an NCHW grid.
+    tokens after the final norm, as an NCHW grid (timm's ``forward_intermediates``).
 
     Args:
         name: timm model name, e.g. ``vit_small_patch14_dinov2.lvd142m`` or ``vit_small_plus_patch16_dinov3.lvd1689m``.
@@ -188,17 +188,18 @@ class TimmViTBackbone(Backbone):
         if return_cls and not self.has_cls_token:
             raise ValueError(f"Backbone {self.name!r} has no CLS token; call it with return_cls=False.")
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        # timm's forward_intermediates of the last block, final norm applied: the same tensors as forward_features
+        # (bit-exact for DINOv2's VisionTransformer and DINOv3's Eva, tested), already split into the NCHW patch
+        # grid and the prefix (CLS + register) tokens.
         with torch.no_grad():
-            tokens = self.model.forward_features(x)
-        patches = tokens[:, self.num_prefix_tokens:]
-        if patches.shape[1] != h * w:
-            raise RuntimeError(
-                f"Backbone {self.name!r} returned {patches.shape[1]} patch tokens for a {h}x{w} grid "
-                f"({self.num_prefix_tokens} prefix tokens dropped)."
-            )
-        grid = patches.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            (last,) = self.model.forward_intermediates(x, indices=1, norm=True, output_fmt="NCHW",
+                                                       intermediates_only=True, return_prefix_tokens=return_cls)
+        grid, prefix = last if return_cls else (last, None)
+        if tuple(grid.shape[-2:]) != (h, w):
+            raise RuntimeError(f"Backbone {self.name!r} returned a {tuple(grid.shape[-2:])} patch grid for a "
+                               f"{h}x{w} grid.")
         if return_cls:
-            return grid, tokens[:, 0]
+            return grid, prefix[:, 0]
         return grid
 
 

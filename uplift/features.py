@@ -182,7 +182,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         if not files:
             raise ConfigError(f"No images under {root} outside the output folder {output_dir}.")
     check_writable(output_dir, "the features")
-    stems = output_stems(files, root if root.is_dir() else root.parent)
+    base = root if root.is_dir() else root.parent
+    stems = output_stems([str(file.relative_to(base)) for file in files])
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         extractor = FeatureExtractor(

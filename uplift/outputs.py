@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from collections import Counter
+from typing import Callable, Iterable, Union
 
 from uplift.errors import ConfigError
 
-__all__ = ["check_writable", "output_stems", "replace_atomically"]
+__all__ = ["check_writable", "output_key", "output_stem", "output_stems", "replace_atomically"]
 
 
 def check_writable(folder: Union[str, Path], what: str = "the outputs") -> Path:
@@ -33,25 +34,47 @@ def check_writable(folder: Union[str, Path], what: str = "the outputs") -> Path:
     return folder
 
 
-def output_stems(files: Sequence[Path], root: Path) -> list[Path]:
-    """An output stem (relative path without suffix) per input file that no other input shares: ``a.jpg`` gives
-    ``a``, unless ``a.png`` is there too, then ``a.jpg`` and ``a.png`` (compared case-insensitively, for file
-    systems that are; a number is added if names still meet)."""
-    relative = [f.relative_to(root) if f != root else Path(f.name) for f in files]
-    stems = [r.with_suffix("") for r in relative]
-    counts: dict[str, int] = {}
-    for stem in stems:
-        counts[str(stem).lower()] = counts.get(str(stem).lower(), 0) + 1
-    chosen = [r if counts[str(s).lower()] > 1 else s for r, s in zip(relative, stems)]
+def output_stem(name: str) -> Path:
+    """An input name as a relative output path without its extension: relative paths are kept, absolute ones (or
+    with ``..``) reduced to the file name; a name without an extension has its separators and dots replaced."""
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        path = Path(path.name)
+    return path.with_suffix("") if path.suffix else Path(str(path).replace("/", "_").replace(".", "_"))
+
+
+def _with_extension(name: str) -> Path:
+    """The same path, extension kept (``a.jpg`` -> ``a.jpg``), for inputs that share a stem."""
+    stem = output_stem(name)
+    suffix = Path(name).suffix
+    return stem.with_name(stem.name + suffix) if suffix else stem
+
+
+def output_key(path: Path) -> str:
+    """How file names compare (case-insensitively)."""
+    return path.as_posix().casefold()  # case-insensitive file systems (macOS, Windows) see A.png == a.png
+
+
+def output_stems(names: Iterable[str]) -> list[Path]:
+    """One distinct output stem per input name, in order: the name without its extension (``photos/a.jpg`` ->
+    ``photos/a``); names that would share a stem keep their extension in it (``a.jpg`` -> ``a.jpg``, ``a.png`` ->
+    ``a.png``); anything still taken (the same name twice) gets ``~2``, ``~3``, ... Stems are compared
+    case-insensitively, and distinct stems give distinct files (``<stem>.safetensors``, ``<stem>_pca.png``)."""
+    names = list(names)
+    stems = [output_stem(n) for n in names]
+    shared = Counter(output_key(s) for s in stems)
     taken: set[str] = set()
-    unique = []
-    for stem in chosen:
+    out = []
+    for name, stem in zip(names, stems):
+        if shared[output_key(stem)] > 1:
+            stem = _with_extension(name)
         candidate, n = stem, 1
-        while str(candidate).lower() in taken:
-            candidate, n = stem.with_name(f"{stem.name}_{n}"), n + 1
-        taken.add(str(candidate).lower())
-        unique.append(candidate)
-    return unique
+        while output_key(candidate) in taken:
+            n += 1
+            candidate = stem.with_name(f"{stem.name}~{n}")
+        taken.add(output_key(candidate))
+        out.append(candidate)
+    return out
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:

@@ -42,7 +42,8 @@ def find_images(path: Union[str, Path]) -> list[tuple[Path, Path]]:
     sorted, subfolders kept), or one clear error."""
     path = Path(path).expanduser()
     files = list_images(path, hint="Give an image file or a folder of images.")
-    stems = output_stems(files, path.parent if path.is_file() else path)  # photo.jpg and photo.png: two outputs
+    base = path.parent if path.is_file() else path
+    stems = output_stems([str(file.relative_to(base)) for file in files])  # photo.jpg and photo.png: two outputs
     return [(file, stem.with_name(stem.name + ".png")) for file, stem in zip(files, stems)]
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fit_pca", "pca_rgb", "feature_panels", "save_png"]
+__all__ = ["fit_pca", "pca_rgb", "feature_panels", "panel_row", "save_png"]
 
 
 def fit_pca(features: Tensor, components: int = 3, max_tokens: int = 65536) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -49,6 +49,16 @@ def pca_rgb(features: Tensor, pca: tuple[Tensor, Tensor, Tensor, Tensor]) -> Ten
     return ((proj - lo[:, None, None]) / (hi - lo).clamp_min(1e-6)[:, None, None]).clamp(0, 1)
 
 
+def panel_row(panels: Sequence[Tensor], gap: int = 4) -> Tensor:
+    """``[3, H, W]`` pictures of one size side by side, ``gap`` white pixels between them, no outer border:
+    ``[3, H, N * W + (N - 1) * gap]`` (torchvision's ``make_grid`` in one row, its border cut off)."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(list(panels), nrow=len(panels), padding=gap, pad_value=1.0)
+    h, width = panels[0].shape[-2], grid.shape[-1]
+    return grid[:, gap : gap + h, gap : width - gap]
+
+
 def feature_panels(image: Tensor, low_res: Tensor, steps: Sequence[Tensor], size: Optional[int] = None,
                    gap: int = 4) -> Tensor:
     """One picture: the image, then the low-res features and every step, in one PCA colour space.
@@ -59,7 +69,7 @@ def feature_panels(image: Tensor, low_res: Tensor, steps: Sequence[Tensor], size
         steps: ``[C, h_k, w_k]`` upsampled features.
         size: panel height in pixels (default: the image height); panels keep the image's aspect.
     Returns:
-        ``[3, size, N * width + gaps]`` in [0, 1], white gaps between panels.
+        ``[3, size, N * width + gaps]`` in [0, 1], white gaps between panels, on the features' device.
     """
     pca = fit_pca(low_res)
     h = size or image.shape[-2]
@@ -68,19 +78,14 @@ def feature_panels(image: Tensor, low_res: Tensor, steps: Sequence[Tensor], size
     for feats in (low_res, *steps):
         rgb = pca_rgb(feats, pca)
         panels.append(F.interpolate(rgb[None], size=(h, w), mode="nearest")[0])
-    spacer = torch.ones(3, h, gap)
-    out = [panels[0]]
-    for p in panels[1:]:
-        out += [spacer, p]
-    return torch.cat(out, dim=-1)
+    return panel_row([p.to(panels[-1].device) for p in panels], gap=gap)
 
 
 def save_png(image: Tensor, path: Union[str, Path]) -> Path:
-    """Write a ``[3, H, W]`` [0, 1] tensor as PNG."""
-    from PIL import Image
+    """Write a ``[3, H, W]`` [0, 1] tensor as PNG (torchvision's ``save_image``: values clamped, rounded to 8 bits)."""
+    from torchvision.utils import save_image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.detach().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(array).save(path)
+    save_image(image.detach().float(), path)
     return path
