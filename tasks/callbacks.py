@@ -61,12 +61,24 @@ class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` (e.g. every N steps) that also writes ``last.ckpt`` when training ends, whether it
     finished (``max_steps``/``max_epochs``) or was interrupted (a signal, Ctrl-C), so that ``--ckpt_path
     .../last.ckpt`` always resumes from the latest completed step. A diverged run keeps its last good checkpoint.
+    Without ``dirpath`` the checkpoints go to ``<trainer.default_root_dir>/checkpoints``: one option
+    (``--trainer.default_root_dir``) places a whole run.
 
     Lightning's own pieces do the rest: the periodic and ``save_last`` checkpoints are ``ModelCheckpoint``'s. Its
     ``OnExceptionCheckpoint`` cannot take the interruption save: it saves on every exception (a diverged run, a
     failed ``validate``), into a file of its own that its ``teardown`` deletes after a finished run (so it cannot be
     the ``last.ckpt`` that ``--ckpt_path`` resumes from), and leaves ``last_model_path``, which the CLI reports, stale.
     """
+
+    def resolve_dirpath(self, trainer: L.Trainer) -> str:
+        """The folder the checkpoints go to (``dirpath``, else the run folder's ``checkpoints``)."""
+        if self.dirpath is None:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+        return self.dirpath
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.resolve_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
 
     def _save_final(self, trainer: L.Trainer) -> None:
         if self.dirpath is None or trainer.sanity_checking:

@@ -47,6 +47,21 @@ def read_finished(run_dir: str | Path) -> Optional[dict[str, Any]]:
         return None
 
 
+def _checkpoint_callbacks(trainer: Any) -> list:
+    """The trainer's checkpoint callbacks that know their folder before training (ours resolve it now)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tasks.callbacks import RunCheckpoint
+
+    found = []
+    for callback in trainer.callbacks:
+        if isinstance(callback, RunCheckpoint):
+            callback.resolve_dirpath(trainer)
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            found.append(callback)
+    return found
+
+
 def _output_locations(trainer: Any, model: Any, subcommand: str) -> list[tuple[Path, str]]:
     """Every folder this run will write to, with the option that sets it."""
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -56,8 +71,7 @@ def _output_locations(trainer: Any, model: Any, subcommand: str) -> list[tuple[P
         if getattr(logger, "save_dir", None):
             places.append((Path(logger.save_dir), "logs (--trainer.logger.init_args.save_dir)"))
     if subcommand == "fit":
-        places += [(Path(c.dirpath), "checkpoints (--trainer.callbacks.dirpath)") for c in trainer.callbacks
-                   if isinstance(c, ModelCheckpoint) and c.dirpath]
+        places += [(Path(c.dirpath), "checkpoints (--trainer.default_root_dir)") for c in _checkpoint_callbacks(trainer)]
     if subcommand == "predict" and getattr(model, "predict_dir", None):
         places.append((Path(model.predict_dir), "predictions (--model.init_args.predict_dir)"))
     return places
@@ -73,15 +87,15 @@ def _refuse_overwriting_a_run(trainer: Any, resuming: bool) -> None:
         return
     root = Path(trainer.default_root_dir)
     taken = [root / FINISHED] if (root / FINISHED).is_file() else []
-    for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath and Path(callback.dirpath).is_dir():
+    for callback in _checkpoint_callbacks(trainer):
+        if Path(callback.dirpath).is_dir():
             taken += sorted(Path(callback.dirpath).glob("*.ckpt"))
     if taken:
         last = next((p for p in taken if p.name == "last.ckpt"), taken[0])
         raise ConfigError(
             f"{last.parent} already holds a run ({', '.join(p.name for p in taken[:4])}{', ...' if len(taken) > 4 else ''}"
             f"); a new fit would overwrite it. Resume it with `--ckpt_path {last}`, or start a new run in its own folder: "
-            f"`--trainer.default_root_dir <new folder>` and `--trainer.callbacks.dirpath <new folder>/checkpoints`.")
+            f"`--trainer.default_root_dir <new folder>`.")
 
 
 def _cli_class() -> type:

@@ -21,7 +21,7 @@ from skimage import data as skdata
 
 from tests.helpers import tiny_config
 from uplift.backbones import BackboneConfig
-from uplift.features import main, output_stems
+from uplift.features import main
 
 DINOV3 = "vit_small_plus_patch16_dinov3.lvd1689m"
 
@@ -160,14 +160,6 @@ def test_outputs_inside_the_input_folder_are_not_read_back(checkpoint, photos, t
     assert main(args) == 0 and main(args) == 0  # the second run does not take out/*_pca.png as photos
     assert sorted(p.name for p in (photos / "out").iterdir()) == ["a.jpg.safetensors", "a.jpg_pca.png",
                                                                   "a.png.safetensors", "a.png_pca.png"]
-
-
-def test_output_stems_never_collide(tmp_path) -> None:
-    files = [tmp_path / n for n in ("a.jpg", "a.png", "b.jpg", "B.png", "c.tif", "d/a.jpg")]
-    stems = [s.as_posix() for s in output_stems(files, tmp_path)]
-    assert stems == ["a.jpg", "a.png", "b.jpg", "B.png", "c", "d/a"]
-    assert len({s.lower() for s in stems}) == len(stems)
-    assert [s.as_posix() for s in output_stems([tmp_path / "x.jpg"], tmp_path)] == ["x"]
 
 
 def test_module_entry_help() -> None:

@@ -28,7 +28,7 @@ from tasks import BackboneConfig, LiFTTask, PredictiveTask, SegmentationProbeTas
 from tasks.base import FrozenBackboneTask, UpsamplerComparison
 from tasks.callbacks import DecodedPreviews, PCAPictures, image_writers
 from tasks.cli import main
-from tasks.writers import FeatureWriter, output_stems
+from tasks.writers import FeatureWriter
 from tests.conftest import REPO
 from tests.helpers import tiny_config
 from uplift.errors import CheckpointMismatchError, ConfigError, WeightsError
@@ -283,16 +283,6 @@ def test_deprecated_picture_and_prediction_arguments_become_callbacks() -> None:
 
 
 # ---------------------------------------------------------------------------------------- prediction files
-
-
-def test_output_stems_never_collide() -> None:
-    names = ["a.jpg", "a.png", "sub/a.jpg", "b.png", "B.PNG", "c.jpg", "c.jpg", "/abs/path/d.png", "photo"]
-    stems = [p.as_posix() for p in output_stems(names)]
-    assert stems == ["a.jpg", "a.png", "sub/a", "b.png", "B.PNG~2", "c.jpg", "c.jpg~2", "d", "photo"]
-    files = {f"{s}{suffix}".casefold() for s in stems for suffix in (".safetensors", "_pca.png")}
-    assert len(files) == 2 * len(names)
-    # a kept extension never lands on another input's stem
-    assert [p.as_posix() for p in output_stems(["x.jpg", "x.png", "x.jpg.png"])] == ["x.jpg", "x.png", "x.jpg~2"]
 
 
 def test_cli_predict_writes_every_image_under_a_distinct_name(tmp_path: Path) -> None:

@@ -76,15 +76,15 @@ def args_key(*parts: Any) -> str:
 def fit_once(config: str | Path, args: Sequence[str], run_dir: Path) -> Path:
     """Train one run folder with ``uplift fit --config config *args`` and return its ``last.ckpt``.
 
-    The fit writes its checkpoints to ``run_dir/checkpoints`` (the config's checkpoint callback) and, once it has
+    The fit writes its checkpoints to ``run_dir/checkpoints`` (the config's ``RunCheckpoint``, whose folder follows
+    ``--trainer.default_root_dir``) and, once it has
     finished, ``run_dir/finished.json`` with its arguments. A finished run with the same arguments is not
     trained again; an interrupted run (a ``last.ckpt`` but no marker) resumes from it.
     """
     from tasks.cli import read_finished, run_cli
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    argv = ["fit", "--config", str(config), *args, f"--trainer.default_root_dir={run_dir}",
-            f"--trainer.callbacks.dirpath={checkpoint.parent}"]
+    argv = ["fit", "--config", str(config), *args, f"--trainer.default_root_dir={run_dir}"]
     finished = read_finished(run_dir)
     if finished is not None:
         if finished["args"] == argv and checkpoint.is_file():
