@@ -282,20 +282,22 @@ def train_args(args: argparse.Namespace) -> list[str]:
     return [f"--data.init_args.root={args.imagenet}"] if getattr(args, "imagenet", None) else []
 
 
-def add_peer_options(parser: argparse.ArgumentParser, jafar_weights: str = "--jafar-weights") -> None:
+def add_peer_options(parser: argparse.ArgumentParser, jafar: bool = True) -> None:
     parser.add_argument("--trust-peer-repos", action="store_true",
                         help="let torch.hub download and RUN the code of the peers' GitHub repositories (AnyUp, LoftUp, "
                         "FeatUp rows: `trust_repo: true`); without it torch.hub runs only repositories it already trusts")
-    parser.add_argument("--jafar-repo", default=None, help="JAFAR rows: a local checkout of PaulCouairon/JAFAR (its code "
-                        "is imported and run; JAFAR has no torch.hub entry)")
-    parser.add_argument(jafar_weights, default=None, help="JAFAR row: its released weights (path or URL; default: "
-                        "the release URL)")
+    if jafar:
+        parser.add_argument("--jafar-repo", default=None, help="JAFAR rows: a local checkout of PaulCouairon/JAFAR (its "
+                            "code is imported and run; JAFAR has no torch.hub entry)")
+        parser.add_argument("--jafar-weights", default=None, help="JAFAR row (DINOv2-S/14): its released weights (path "
+                            "or URL; default: the release URL)")
 
 
 def peer_init(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The init args the peer options give each peer class (``--jafar-weights`` is the DINOv2 row's)."""
     peers: dict[str, dict[str, Any]] = {cls: {"trust_repo": True} for cls in HUB_CLASSES if args.trust_peer_repos}
-    jafar = {k: v for k, v in (("repo", args.jafar_repo), ("weights", getattr(args, "jafar_weights", None))) if v}
+    jafar = {k: v for k, v in (("repo", getattr(args, "jafar_repo", None)), ("weights", getattr(args, "jafar_weights", None)))
+             if v}
     if jafar:
         peers["uplift.upsamplers.JAFAR"] = jafar
     return peers
@@ -521,7 +523,7 @@ def write_results(runner: Runner, table: ProbeTable, cells: dict[tuple[str, str]
             ours = result.get("metrics", {}) if result.get("status") == "done" else {}
             spec = DATASETS[column.dataset]
             for i, (metric, ref) in enumerate(zip(spec.metrics, paper.get(column.key, (None, None)))):
-                mark = table.marks.get((row_id, column.key, i), "")
+                mark = table.marks.get((row_id, column.key, i), "") if ref is not None else ""
                 line.append(f"{fmt(ours.get(metric), 2, spec.scale_of(metric))} ({fmt(ref)}{mark})")
                 records.append({"method": label, "backbone": column.backbone.key, "dataset": column.dataset,
                                 "metric": metric.split("/")[1], "ours": ours.get(metric, ""),
