@@ -17,7 +17,9 @@ import tasks.tables.table5 as table5
 import tasks.tables.table6 as table6
 import tasks.tables.table7 as table7
 import tasks.tables.table8 as table8
-from tasks.tables.probes import Model, Row, Runner, unsupported_options
+from tasks.tables import REPO
+from tasks.tables.probes import (DINOV3, Model, Row, Runner, lift_model, standard_row, unsupported_options,
+                                 uplift_model)
 
 
 class Calls:
@@ -156,3 +158,27 @@ def test_table8_probes_both_backbones_and_reruns_from_the_cache(tmp_path: Path, 
     assert table8.main(tiny) == 0
     assert not calls.fits and calls.tests == 0
     assert read(tmp_path, 8)[1] == rows
+
+
+FULL_MODELS = {"uplift-dinov2": uplift_model("full", train_args=["--data.init_args.root=/data/imagenet/train"]),
+               "uplift-d4-n5": uplift_model("full", depths=(4,), neighbourhood=5),
+               "uplift-dinov3": uplift_model("full", DINOV3), "lift": lift_model("full")}
+
+
+@pytest.mark.parametrize("name", list(FULL_MODELS))
+def test_full_scale_training_runs_take_the_run_folder_overrides(name: str, tmp_path: Path) -> None:
+    """What fit_once adds (the run folder and the checkpoint callback's dirpath, which reaches the LAST callback of
+    the config's list) parses with every paper config the drivers train; parsing only, nothing is built."""
+    model = FULL_MODELS[name]
+    run = [f"--trainer.default_root_dir={tmp_path}", f"--trainer.callbacks.dirpath={tmp_path / 'checkpoints'}"]
+    assert unsupported_options(REPO / model.config, [*model.args, *run]) is None
+
+
+def test_full_scale_dinov3_probes_parse(tmp_path: Path) -> None:
+    runner = Runner("full", tmp_path)
+    for method in ("uplift", "jafar", "anyup"):
+        row = standard_row(method, "full", {})
+        row.backbone = DINOV3
+        config, args = runner.probe_args(row, "voc")
+        assert "--model.init_args.backbone.name=vit_small_plus_patch16_dinov3.lvd1689m" in args
+        assert unsupported_options(config, [*args, f"--trainer.default_root_dir={tmp_path}"]) is None, method

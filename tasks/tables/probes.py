@@ -545,9 +545,21 @@ def write_results(runner: Runner, table: ProbeTable, cells: dict[tuple[str, str]
 
 def run_table(runner: Runner, table: ProbeTable) -> int:
     """Compute ``table`` (cached cells are reused), write ``tableN.{md,csv}`` and print it."""
+    import os
+
+    from tasks.cli import user_error
+
     if runner.tiny:
         print(TINY_BANNER, flush=True)
-    cells, timings = compute(runner, table)
+    try:
+        cells, timings = compute(runner, table)
+    except Exception as err:  # missing data or weights: one message that says what to do (finished work is kept)
+        user = user_error(err)
+        if user is None or os.environ.get("UPLIFT_TRACEBACK"):
+            raise
+        print(f"reproduce-table{table.number}: error: {user}\nFinished cells and models are kept in {runner.results}; "
+              f"run the same command again to continue.", file=sys.stderr)
+        return 2
     md, _ = write_results(runner, table, cells, timings)
     report(md, cells, runner.tiny)
     return 0
