@@ -242,7 +242,7 @@ def test_paper_config_is_valid_and_builds_the_1_2m_model(capsys) -> None:
     assert config["data"]["init_args"]["image_size"] == 448 and config["data"]["init_args"]["batch_size"] == 256
     assert LiFT(LiFTConfig(**args["lift"])).num_parameters() == 1_187_280
     # the Table 1 rows look where this run leaves its last checkpoint
-    callback = config["trainer"]["callbacks"][0]["init_args"]
+    callback = next(c for c in config["trainer"]["callbacks"] if c["class_path"] == "tasks.callbacks.RunCheckpoint")["init_args"]
     assert str(Path(callback["dirpath"]) / "last.ckpt") == ups.LIFT_CHECKPOINT
 
 
