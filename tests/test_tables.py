@@ -53,7 +53,8 @@ def read(results: Path, number: int) -> tuple[str, list[dict[str, str]]]:
 
 
 def values(rows: list[dict[str, str]], method: str) -> dict[tuple[str, str, str], str]:
-    return {(r["backbone"], r["dataset"], r["metric"]): r["ours"] for r in rows if r["method"] == method and r["dataset"] != "-"}
+    return {(r["backbone"], r["dataset"], r["metric"]): r["ours"] for r in rows
+            if r["method"] == method and r["dataset"] != "-"}
 
 
 @pytest.mark.slow
@@ -101,7 +102,8 @@ def test_tables_6_and_7_train_their_shared_model_once_and_rerun_from_the_cache(t
 
     assert table7.main([*tiny, "--neighbourhoods", "no-la", "5", "17"]) == 0
     md7, rows7 = read(tmp_path, 7)
-    assert not fitted_by_6 & set(calls.fits), calls.fits  # n = 17 is Table 6's d = {1, 2, 3}: neither trained nor probed again
+    # n = 17 is Table 6's d = {1, 2, 3}: neither trained nor probed again
+    assert not fitted_by_6 & set(calls.fits), calls.fits
     assert values(rows7, "n = 17") == values(rows6, "d ∈ {1, 2, 3}")
     assert all(count == 1 for count in calls.fits.values())
     no_la = [r for r in rows7 if r["method"] == "No LA"]

@@ -269,7 +269,8 @@ def standard_row(row_id: str, scale: str, peers: dict[str, dict[str, Any]], upli
 
 def add_common_options(parser: argparse.ArgumentParser, table: int, trains: bool = False) -> None:
     parser.add_argument("--scale", choices=("full", "tiny"), default="full",
-                        help="tiny: the whole pipeline on the generated data in tests/data, CPU, minutes (MEANINGLESS numbers)")
+                        help="tiny: the whole pipeline on the generated data in tests/data, CPU, minutes "
+                        "(MEANINGLESS numbers)")
     parser.add_argument("--results", default="results",
                         help=f"output folder: table{table}.md/.csv; trained models, probe cells and timings are cached in "
                         f"its models/, probes/ and timings/ (shared by every table)")
@@ -296,8 +297,8 @@ def add_peer_options(parser: argparse.ArgumentParser, jafar: bool = True) -> Non
 def peer_init(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The init args the peer options give each peer class (``--jafar-weights`` is the DINOv2 row's)."""
     peers: dict[str, dict[str, Any]] = {cls: {"trust_repo": True} for cls in HUB_CLASSES if args.trust_peer_repos}
-    jafar = {k: v for k, v in (("repo", getattr(args, "jafar_repo", None)), ("weights", getattr(args, "jafar_weights", None)))
-             if v}
+    given = (("repo", getattr(args, "jafar_repo", None)), ("weights", getattr(args, "jafar_weights", None)))
+    jafar = {k: v for k, v in given if v}
     if jafar:
         peers["uplift.upsamplers.JAFAR"] = jafar
     return peers
@@ -364,6 +365,7 @@ class Runner:
         #: arguments for every probe fit/test (e.g. ``--data.init_args.root``)
         self.extra = list(extra)
         self._trained: dict[Model, Any] = {}
+        self._timings: dict[str, dict[str, Any]] = {}
 
     @property
     def models_dir(self) -> Path:
@@ -433,12 +435,15 @@ class Runner:
                                                                          DATASETS[dataset].metrics))
 
     def timing(self, row: Row) -> dict[str, Any]:
+        """Parameters and time per image of ``row`` (:func:`time_row`), cached; unavailable rows say why."""
         try:
             row = self.resolve(row)
         except RowUnavailable as err:
             return {"status": "unavailable", "reason": str(err)}
         key = args_key(row.upsampler_args(), row.backbone.key, self.scale, row.weights_stamp())
-        return ResultsCache(self.timings_dir)(f"{row.slug}-{key}", key, lambda: time_row(row, self.scale))
+        if key not in self._timings:  # once per run also when unavailable (which is not cached: tried again next run)
+            self._timings[key] = ResultsCache(self.timings_dir)(f"{row.slug}-{key}", key, lambda: time_row(row, self.scale))
+        return self._timings[key]
 
 
 # ------------------------------------------------------------------------------------------ tables
