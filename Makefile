@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo bench reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 clean help
+.PHONY: install test demo bench reproduce-table1 reproduce-table2 reproduce-table3 reproduce-table4 reproduce-table5 \
+        reproduce-table6 reproduce-table7 reproduce-table8 clean help
 
 SCALE ?= full
 
@@ -36,6 +37,18 @@ reproduce-table3: install  ## Table 3: SD1.5 512 -> UPLiFT 1024 on reLAION-5k pr
 
 reproduce-table4: install  ## Table 4: 256 -> 1024 super-resolution, FacesHQ + LHQ -> results/table4.md (SCALE=tiny: pipeline test)
 	$(PY) -m tasks.tables.table4 --scale $(SCALE) $(ARGS)
+
+reproduce-table5: install  ## Table 5: LoftUp on its original vs the timm DINOv2, and UPLiFT -> results/table5.md (SCALE=tiny: pipeline test)
+	$(PY) -m tasks.tables.table5 --scale $(SCALE) $(ARGS)
+
+reproduce-table6: install  ## Table 6: one UPLiFT per training-depth set, COCO + VOC probes -> results/table6.md (SCALE=tiny: pipeline test)
+	$(PY) -m tasks.tables.table6 --scale $(SCALE) $(ARGS)
+
+reproduce-table7: install  ## Table 7: one UPLiFT per Local Attender neighbourhood, COCO + VOC probes -> results/table7.md (SCALE=tiny: pipeline test)
+	$(PY) -m tasks.tables.table7 --scale $(SCALE) $(ARGS)
+
+reproduce-table8: install  ## Table 8: JAFAR, AnyUp, UPLiFT on DINOv2-S/14 vs DINOv3-S+/16 -> results/table8.md (SCALE=tiny: pipeline test)
+	$(PY) -m tasks.tables.table8 --scale $(SCALE) $(ARGS)
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py

@@ -40,9 +40,12 @@ def test_tiny_table_fills_every_row_and_dataset_and_resumes(tmp_path: Path, monk
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(reproduce, "run_cell", must_not_run)
-    monkeypatch.setattr(reproduce, "time_row", lambda plan, row: {"status": "unavailable", "reason": f"{row}: offline"}
-                        if row not in ("nearest", "bilinear", "uplift", "lift", "lift2x") else must_not_run())
+    import tasks.tables.probes as probes
+
+    monkeypatch.setattr(probes, "run_cell", must_not_run)
+    trained = ("Nearest", "Bilinear", "UPLiFTUpsampler", "LiFT", "LiFT2x")
+    monkeypatch.setattr(probes, "time_row", lambda row, scale: {"status": "unavailable", "reason": f"{row}: offline"}
+                        if row.upsampler.rsplit(".", 1)[1] not in trained else must_not_run())
     import tasks.cli
 
     monkeypatch.setattr(tasks.cli, "run_cli", must_not_run)  # the trained row models are reused too
