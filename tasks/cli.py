@@ -63,24 +63,18 @@ def _checkpoint_callbacks(trainer: Any) -> list:
 
 
 def _output_locations(trainer: Any, model: Any, subcommand: str) -> list[tuple[Path, str]]:
-    """Every folder this run will write to, with the option that sets it."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
+    """Every folder this run will write to, with the option that sets it (the prediction writer checks its own)."""
     places = [(Path(trainer.default_root_dir), "the run's files (--trainer.default_root_dir)")]
     for logger in trainer.loggers:
         if getattr(logger, "save_dir", None):
             places.append((Path(logger.save_dir), "logs (--trainer.logger.init_args.save_dir)"))
     if subcommand == "fit":
         places += [(Path(c.dirpath), "checkpoints (--trainer.default_root_dir)") for c in _checkpoint_callbacks(trainer)]
-    if subcommand == "predict" and getattr(model, "predict_dir", None):
-        places.append((Path(model.predict_dir), "predictions (--model.init_args.predict_dir)"))
     return places
 
 
 def _refuse_overwriting_a_run(trainer: Any, resuming: bool) -> None:
     """A new fit never writes over the checkpoints or the finished marker of an earlier run."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from uplift.errors import ConfigError
 
     if resuming:

@@ -9,7 +9,7 @@ collide (:func:`output_stems`), and the output folder is checked to be writable 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
@@ -93,10 +93,10 @@ class FeatureWriter(BasePredictionWriter):
         stem.parent.mkdir(parents=True, exist_ok=True)
         image = result["image"]
         if self.save_features:
-            save_file({"features": result["features"].half().contiguous().cpu(),
-                       "low_res": result["low_res"].float().contiguous().cpu()},
-                      f"{stem}.safetensors",
-                      metadata={"source": str(result["name"]), "image_size": f"{image.shape[-2]}x{image.shape[-1]}"})
+            tensors = {"features": result["features"].half().contiguous().cpu(),
+                       "low_res": result["low_res"].float().contiguous().cpu()}
+            metadata = {"source": str(result["name"]), "image_size": f"{image.shape[-2]}x{image.shape[-1]}"}
+            replace_atomically(Path(f"{stem}.safetensors"), lambda path: save_file(tensors, str(path), metadata=metadata))
         panels = feature_panels(image, result["low_res"], result["steps"], size=min(256, image.shape[-2]))
-        save_png(panels, f"{stem}_pca.png")
+        replace_atomically(Path(f"{stem}_pca.png"), lambda path: save_png(panels, path))
         return stem

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from uplift.blocks import check_patch_multiple
@@ -245,17 +245,18 @@ def load_lift(path: Union[str, Path]) -> LiFT:
     """A LiFT model, in eval mode, from a :func:`save_lift` directory or a ``uplift fit`` checkpoint
     (``.ckpt``) of ``tasks.LiFTTask``. Nothing in the files is executed (safetensors, or
     ``torch.load(weights_only=True)``)."""
-    from uplift.checkpoints import load_state_dict_strict
+    from uplift.checkpoints import load_state_dict_strict, read_checkpoint, read_state_dict
+    from uplift.errors import WeightsError
 
     path = Path(path)
     if path.suffix == ".ckpt":
         if not path.is_file():
             raise FileNotFoundError(f"LiFT checkpoint {path} not found; train one with "
                                     f"`uplift fit --config configs/lift_dinov2_s14.yaml` first.")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = read_checkpoint(path)
         if "lift_config" not in checkpoint:
-            raise ValueError(f"{path} is not a checkpoint of the LiFT training task (no 'lift_config'; "
-                             f"UPLiFT checkpoints load with uplift.upsamplers.UPLiFTUpsampler).")
+            raise WeightsError(f"{path} is not a checkpoint of the LiFT training task (no 'lift_config'; "
+                               f"UPLiFT checkpoints load with uplift.upsamplers.UPLiFTUpsampler).")
         config = LiFTConfig.from_dict(checkpoint["lift_config"])
         state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     else:
@@ -264,7 +265,7 @@ def load_lift(path: Union[str, Path]) -> LiFT:
             raise FileNotFoundError(f"{path} is neither a LiFT checkpoint (.ckpt) nor a directory with {WEIGHTS_NAME} "
                                     f"and {CONFIG_NAME} (written by save_lift).")
         config = LiFTConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
-        state = load_file(directory / WEIGHTS_NAME)
+        state, _ = read_state_dict(directory / WEIGHTS_NAME)
     model = LiFT(config)
     load_state_dict_strict(model, state, source=f"LiFT weights {path}")
     return model.eval()
