@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import ShardedDataModule
+from datamodules.sampling import ShardedDataModule, check_counts
 from datamodules.transforms import PILNearestMask, batch_flipped, jafar_probe_transform
 from uplift.errors import InputError
 from uplift.imageio import load_rgb
@@ -239,6 +239,9 @@ class SegmentationDataModule(ShardedDataModule):
                  num_workers: int = 4, seed: int = 0, max_train_images: Optional[int] = None,
                  max_val_images: Optional[int] = None) -> None:
         super().__init__()
+        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
+                     max_train_images=max_train_images, max_val_images=max_val_images,
+                     optional=("max_train_images", "max_val_images"), zero_ok=("num_workers",))
         self.save_hyperparameters()
         self.train_set: Optional[SegmentationDataset] = None
         self.val_set: Optional[SegmentationDataset] = None
