@@ -17,6 +17,7 @@ Files are read with safetensors or ``torch.load(weights_only=True)``: nothing in
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from pathlib import Path
@@ -27,7 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from uplift.config import PRESETS, UPLiFTConfig, load_official_config, official_to_config
+from uplift.config import PRESETS, UPLiFTConfig, load_official_config, official_to_config, unknown_preset
 from uplift.errors import CheckpointMismatchError, WeightsError
 from uplift.hub import RELEASES, download
 
@@ -139,8 +140,11 @@ def _config(config: ConfigLike) -> UPLiFTConfig:
     """An explicit config: an :class:`UPLiFTConfig`, a preset name, a release YAML (path or dict) or our JSON."""
     if isinstance(config, UPLiFTConfig):
         return config
-    if isinstance(config, str) and config in PRESETS and not Path(config).exists():
-        return UPLiFTConfig.preset(config)
+    if isinstance(config, str) and not Path(config).exists():
+        if config in PRESETS:
+            return UPLiFTConfig.preset(config)
+        if Path(config).suffix.lower() not in (".yaml", ".yml", ".json") and "/" not in config and "\\" not in config:
+            raise unknown_preset(config)  # a name, not a path: a misspelt preset
     if isinstance(config, (str, Path)) and Path(config).suffix == ".json":
         return UPLiFTConfig.from_dict(_read_json(Path(config)))
     if isinstance(config, dict) and "backbone" not in config and "uplift" not in config:
@@ -259,8 +263,10 @@ def load_uplift(reference: Reference, config: ConfigLike = None, cache_dir: Opti
         raise FileNotFoundError(f"UPLiFT checkpoint {path} not found; train one with `uplift fit` first.")
     if path.suffix == ".safetensors" or "/" in name:
         raise FileNotFoundError(f"UPLiFT weights {path} not found.")
-    raise WeightsError(f"{name!r} is neither a released UPLiFT model ({', '.join(RELEASES)}) nor an existing file "
-                       f"or folder (a save_pretrained folder, a .safetensors or a .ckpt of `uplift fit`).")
+    close = difflib.get_close_matches(name, RELEASES, n=1)
+    raise WeightsError(f"{name!r} is neither a released UPLiFT model ({', '.join(RELEASES)}"
+                       f"{f'; did you mean {close[0]!r}?' if close else ''}) nor an existing file or folder (a "
+                       f"save_pretrained folder, a .safetensors or a .ckpt of `uplift fit`).")
 
 
 # ------------------------------------------------------------------------------------------ saving
