@@ -5,7 +5,8 @@
 - :class:`Interruptions`: one path for SIGINT (Ctrl-C), SIGTERM (what a cluster sends before preemption) and
   SIGUSR1: the run stops after the batch in flight, on every DDP rank, saves, and the command exits non-zero
   (128 + the signal number) naming the checkpoint to resume from. Under SLURM with auto-requeue Lightning's own
-  SIGUSR1 handler (save and requeue) is left in place.
+  SIGUSR1 handler (save and requeue) is left in place. A second Ctrl-C stops at once, without saving the half
+  batch: the checkpoint to resume from is then the last one written before.
 - :class:`FiniteLoss`: a NaN or infinite training loss stops the run before the optimiser step, so no NaN ever
   reaches the weights or a checkpoint; the last good checkpoint is kept.
 
@@ -62,7 +63,7 @@ class RunCheckpoint(ModelCheckpoint):
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         if self.last_model_path == path and self._last_global_step_saved == trainer.global_step:
             return  # save_last already wrote it at this step
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
         self.last_model_path = path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -70,8 +71,9 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         # SIGTERMException is Lightning's stop at a batch boundary (our signals use it too): the state is complete.
-        # A bare KeyboardInterrupt (a second Ctrl-C) may cut a batch in half, but its state is still the best there is.
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.state.fn == "fit":
+        # A bare KeyboardInterrupt (a second Ctrl-C) cuts a batch in half (perhaps the optimiser step): resuming from
+        # that state would skip the batch or apply half of it, so the last checkpoint written before stays the one.
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             self._save_final(trainer)
 
 
@@ -85,6 +87,8 @@ class Interruptions(Callback):
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        #: The run was stopped at once by a KeyboardInterrupt (a second Ctrl-C, or one before training started).
+        self.stopped_at_once = False
         self._previous: dict[int, Any] = {}
         self._trainer: Optional[L.Trainer] = None
 
@@ -92,6 +96,10 @@ class Interruptions(Callback):
         if self.received is not None and signum == signal.SIGINT:  # asked twice: stop now
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
+        if self.received is None and self._trainer.is_global_zero:  # os.write: print() may not re-enter its buffer
+            again = " Press Ctrl-C again to stop at once, without saving." if signum == signal.SIGINT else ""
+            os.write(2, f"\nuplift: {signal.Signals(signum).name} received: stopping after the batch in flight, "
+                        f"then saving.{again}\n".encode())
         self.received = self.received or signum
         # Lightning's own flag: the loops raise SIGTERMException at the next batch boundary, on all DDP ranks.
         self._trainer._signal_connector.received_sigterm = True
@@ -99,7 +107,7 @@ class Interruptions(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        self._trainer, self.received = trainer, None
+        self._trainer, self.received, self.stopped_at_once = trainer, None, False
         environment = trainer._accelerator_connector.cluster_environment
         slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
         for name in SIGNALS:
@@ -120,6 +128,8 @@ class Interruptions(Callback):
         self._restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._trainer = trainer
+        self.stopped_at_once = isinstance(exception, KeyboardInterrupt)
         self._restore()
 
 

@@ -52,3 +52,23 @@ class BatchLog(Callback):
         with self.path.open("a") as log:
             record = {"rank": trainer.global_rank, "step": trainer.global_step, "names": batch["name"]}
             log.write(json.dumps(record) + "\n")
+
+
+class LossLog(Callback):
+    """Appends ``{"step", "epoch", "batch", "loss"}`` as one JSON line per finished training step to ``path``, then
+    waits ``delay`` seconds: a subprocess that the fault suite interrupts is slowed down enough to be caught
+    mid-epoch, and the loss sequences of interrupted + resumed and uninterrupted runs can be compared exactly."""
+
+    def __init__(self, path: str, delay: float = 0.0) -> None:
+        self.path, self.delay = Path(path), delay
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "batch": batch_idx,
+                  "loss": float(loss)}
+        with self.path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+        if self.delay:
+            import time
+
+            time.sleep(self.delay)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -69,14 +70,26 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, Tensor], dict[str
                            f"truncated (an interrupted download) or in another format. Download it again.") from err
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
-    """A Lightning ``.ckpt`` as a dict, loaded with ``weights_only=True``, or one :class:`WeightsError`."""
+def read_checkpoint(path: Union[str, Path], mmap: bool = False) -> dict[str, Any]:
+    """A Lightning ``.ckpt`` as a dict, loaded with ``weights_only=True``, or one :class:`WeightsError`.
+    ``mmap``: map the tensors instead of reading them (a cheap check that the file loads)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle with code, another format: never executed, always named
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as err:
+            if not (mmap and "mmap" in str(err)):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+    except pickle.UnpicklingError as err:  # objects that weights_only refuses: not run, and not to be retried
+        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line),
+                       str(err).splitlines()[0] if str(err) else "")
+        raise WeightsError(f"{path} holds Python objects that a checkpoint of tensors does not ({refused}); it was "
+                           f"refused and nothing in it ran. Use a checkpoint written by `uplift fit`, from a source "
+                           f"you trust.") from None
+    except Exception as err:  # truncated zip, another format: never executed, always named
         raise WeightsError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated (an interrupted "
                            f"save or copy) or not a checkpoint written by `uplift fit`.") from err
