@@ -8,6 +8,13 @@ STAMP  := $(VENV)/.installed
 
 SCALE ?= full
 
+# SCALE and ARGS reach the programs as data, never as shell code: they are exported unexpanded ($(value ...)) and
+# WITH_ARGS splits ARGS with Python's shlex (quotes group words as in a shell) and runs the program directly, so
+# `make reproduce-table1 ARGS='--rows "uplift; touch /tmp/x"'` passes `--rows` and `uplift; touch /tmp/x`.
+export UPLIFT_MAKE_SCALE := $(value SCALE)
+export UPLIFT_MAKE_ARGS := $(value ARGS)
+WITH_ARGS = $(PY) -c 'import os, shlex, sys; a = sys.argv[1:] + shlex.split(os.environ["UPLIFT_MAKE_ARGS"]); os.execv(a[0], a)'
+
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 22
 
@@ -23,19 +30,19 @@ test: install  ## run the whole test suite (offline, CPU, ~minutes)
 	$(PY) -m pytest
 
 demo: install  ## train for a few minutes on bundled photos, print UPLiFT vs bilinear, write a PCA picture
-	$(PY) -m tasks.demo $(ARGS)
+	$(WITH_ARGS) $(PY) -m tasks.demo
 
 reproduce-table1: install  ## Table 1: every upsampler x every probe -> results/table1.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.tables.table1 --scale $(SCALE) $(ARGS)
+	$(WITH_ARGS) $(PY) -m tasks.tables.table1 --scale "$$UPLIFT_MAKE_SCALE"
 
 reproduce-table2: install  ## Table 2: SD1.5 512 -> UPLiFT 1024 on COCO-5k captions -> results/table2.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.evaluation.text2image --scale $(SCALE) --config configs/t2i_coco.yaml $(ARGS)
+	$(WITH_ARGS) $(PY) -m tasks.evaluation.text2image --scale "$$UPLIFT_MAKE_SCALE" --config configs/t2i_coco.yaml
 
 reproduce-table3: install  ## Table 3: SD1.5 512 -> UPLiFT 1024 on reLAION-5k prompts -> results/table3.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.evaluation.text2image --scale $(SCALE) --config configs/t2i_relaion.yaml $(ARGS)
+	$(WITH_ARGS) $(PY) -m tasks.evaluation.text2image --scale "$$UPLIFT_MAKE_SCALE" --config configs/t2i_relaion.yaml
 
 reproduce-table4: install  ## Table 4: 256 -> 1024 super-resolution, FacesHQ + LHQ -> results/table4.md (SCALE=tiny: pipeline test)
-	$(PY) -m tasks.evaluation.superres --scale $(SCALE) --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml $(ARGS)
+	$(WITH_ARGS) $(PY) -m tasks.evaluation.superres --scale "$$UPLIFT_MAKE_SCALE" --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml
 
 bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
 	$(PY) bench/local_attender.py
