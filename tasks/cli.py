@@ -441,6 +441,21 @@ def run_cli(args: Optional[list[str]] = None) -> Any:
             raise
         except ArgumentError as err:  # jsonargparse's: an option or a config value it cannot take
             raise _argument_error(err, args) from None
+        except RuntimeError as err:  # torch's strict load of --ckpt_path into a model it does not fit
+            if not str(err).startswith("Error(s) in loading state_dict"):
+                raise
+            raise _mismatch(err) from None
+
+
+def _mismatch(err: RuntimeError) -> Exception:
+    """torch's ``load_state_dict`` error (a long listing) as one :class:`~uplift.errors.CheckpointMismatchError`."""
+    from uplift.errors import CheckpointMismatchError
+
+    problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    shown = "; ".join(p[:200] for p in problems[:3]) + (f"; ... ({len(problems)} problems)" if len(problems) > 3 else "")
+    return CheckpointMismatchError(f"The --ckpt_path checkpoint does not fit the configured model (is it the checkpoint "
+                                   f"of another task, or of another width or depth?): {shown}. Use the config the "
+                                   f"checkpoint was trained with.")
 
 
 def _argument_error(err: Any, args: Optional[list[str]]) -> Exception:

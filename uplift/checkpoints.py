@@ -84,8 +84,9 @@ def read_checkpoint(path: Union[str, Path], mmap: bool = False) -> dict[str, Any
                 raise
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
     except pickle.UnpicklingError as err:  # objects that weights_only refuses: not run, and not to be retried
-        refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line),
-                       str(err).splitlines()[0] if str(err) else "")
+        # the unpickler's reason, never torch's first line (which suggests retrying with weights_only=False)
+        refused = next((line.strip() for line in str(err).splitlines()
+                        if line.strip().startswith(("Unsupported", "Trying to load"))), "refused by weights_only=True")
         raise WeightsError(f"{path} holds Python objects that a checkpoint of tensors does not ({refused}); it was "
                            f"refused and nothing in it ran. Use a checkpoint written by `uplift fit`, from a source "
                            f"you trust.") from None
