@@ -78,11 +78,15 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 class Interruptions(Callback):
-    """Turn SIGINT, SIGTERM and SIGUSR1 into Lightning's graceful stop (see the module docstring).
+    """Turn SIGINT, SIGTERM and SIGUSR1 into a graceful stop (see the module docstring).
 
-    The first signal asks the trainer to stop after the batch in flight (Lightning's SIGTERM path, which DDP ranks
-    agree on); a second SIGINT stops at once. The handlers are installed when training starts and removed when it
-    ends, so nothing outside ``fit`` changes.
+    The first signal stops the run at the end of the training batch in flight: this callback raises Lightning's
+    ``SIGTERMException`` from ``on_train_batch_end``, on every DDP rank at the same batch (the ranks agree each
+    step), where the state is the one Lightning's own mid-epoch checkpoints hold (and resume exactly, also from
+    an epoch's last batch). Lightning's flag is not used: it stops at other points (after the epoch-end hooks,
+    inside validation), whose states do not resume exactly. A validation in progress therefore finishes first.
+    A second SIGINT stops at once. The handlers are installed when training starts and removed when it ends, so
+    nothing outside ``fit`` changes.
     """
 
     def __init__(self) -> None:
@@ -101,8 +105,15 @@ class Interruptions(Callback):
             os.write(2, f"\nuplift: {signal.Signals(signum).name} received: stopping after the batch in flight, "
                         f"then saving.{again}\n".encode())
         self.received = self.received or signum
-        # Lightning's own flag: the loops raise SIGTERMException at the next batch boundary, on all DDP ranks.
-        self._trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # one rank's signal stops every rank, after the same batch
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            self.received = self.received or (signal.SIGTERM if stop else None)
+        if stop:
+            raise SIGTERMException()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
