@@ -83,9 +83,9 @@ class LossLog(Callback):
                 time.sleep(0.02)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "batch": batch_idx,
-                  "loss": float(loss)}
+                  "loss": None if loss is None else float(loss)}  # None: a skipped batch
         with self.path.open("a") as log:
             log.write(json.dumps(record) + "\n")
 
