@@ -245,8 +245,8 @@ class ImageDataModule(ShardedDataModule):
     ) -> None:
         super().__init__()
         check_image_options(resize, crop, prefix="data.")
-        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
-                     max_val_images=max_val_images, predict_size=predict_size,
+        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                     num_workers=num_workers, max_val_images=max_val_images, predict_size=predict_size,
                      optional=("val_batch_size", "predict_size"), zero_ok=("num_workers",))
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be a fraction in [0, 1) of the training images to hold out for "

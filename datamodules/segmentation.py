@@ -88,8 +88,8 @@ CITYSCAPES_ID_TO_TRAIN_ID = {
 }  # fmt: skip
 
 
-def _lookup(table: np.ndarray, values: np.ndarray, void: Sequence[int] = (IGNORE_INDEX,), source: str = "The label array",
-            dataset: str = "the dataset") -> np.ndarray:
+def _lookup(table: np.ndarray, values: np.ndarray, void: Sequence[int] = (IGNORE_INDEX,),
+            source: str = "The label array", dataset: str = "the dataset") -> np.ndarray:
     """``table[values]`` as uint8: raw label values -> class ids, the dataset's ``void`` values -> 255.
 
     Any other value (negative, or past the table's end) is an :class:`InputError` naming ``source`` and the
@@ -239,8 +239,8 @@ class SegmentationDataModule(ShardedDataModule):
                  num_workers: int = 4, seed: int = 0, max_train_images: Optional[int] = None,
                  max_val_images: Optional[int] = None) -> None:
         super().__init__()
-        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers,
-                     max_train_images=max_train_images, max_val_images=max_val_images,
+        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                     num_workers=num_workers, max_train_images=max_train_images, max_val_images=max_val_images,
                      optional=("max_train_images", "max_val_images"), zero_ok=("num_workers",))
         self.save_hyperparameters()
         self.train_set: Optional[SegmentationDataset] = None

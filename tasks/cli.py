@@ -452,24 +452,26 @@ def _mismatch(err: RuntimeError) -> Exception:
     from uplift.errors import CheckpointMismatchError
 
     problems = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-    shown = "; ".join(p[:200] for p in problems[:3]) + (f"; ... ({len(problems)} problems)" if len(problems) > 3 else "")
-    return CheckpointMismatchError(f"The --ckpt_path checkpoint does not fit the configured model (is it the checkpoint "
-                                   f"of another task, or of another width or depth?): {shown}. Use the config the "
-                                   f"checkpoint was trained with.")
+    shown = "; ".join(p[:200] for p in problems[:3]) + (f"; ... ({len(problems)} problems)" if len(problems) > 3
+                                                         else "")
+    return CheckpointMismatchError(f"The --ckpt_path checkpoint does not fit the configured model (is it the "
+                                   f"checkpoint of another task, or of another width or depth?): {shown}. Use the "
+                                   f"config the checkpoint was trained with.")
 
 
 def _argument_error(err: Any, args: Optional[list[str]]) -> Exception:
-    """jsonargparse's parse error as a :class:`~uplift.errors.ConfigError`: its message without the value dumps."""
+    """jsonargparse's parse error as one line of :class:`~uplift.errors.ConfigError`: its message without the value
+    dumps and the Union bookkeeping."""
     from uplift.errors import ConfigError
 
     noise = ("Given value", "Subtypes:", "Errors:", "Does not validate against any of the Union subtypes",
              "- Expected a <class 'NoneType'>")
-    lines = [line for line in str(err.message if hasattr(err, "message") else err).splitlines()
-             if not line.strip().startswith(noise)]
+    lines = [line.strip().lstrip("- ") for line in str(err.message if hasattr(err, "message") else err).splitlines()
+             if line.strip() and not line.strip().startswith(noise)]
     argv = sys.argv[1:] if args is None else [str(a) for a in args]
     subcommand = next((a for a in argv if a in ("fit", "validate", "test", "predict")), None)
     tip = f"`uplift {subcommand} --help` lists the options." if subcommand else "`uplift --help` lists the commands."
-    return ConfigError("\n".join(lines).rstrip() + f"\n{tip}")
+    return ConfigError(" ".join(lines).rstrip(".") + f". {tip}")
 
 
 def _interrupted(interruptions: Any) -> Exception:
@@ -488,9 +490,11 @@ def _interrupted(interruptions: Any) -> Exception:
         found += [Path(c.dirpath) / "last.ckpt" for c in callbacks if c.dirpath]
         earlier = next((str(p) for p in found if p.is_file()), None)
         where = (f"resume from the last checkpoint written before, {earlier}: the same command and `--ckpt_path "
-                 f"{earlier}`." if earlier else "no checkpoint had been written, so the run starts over.")
-        return RunInterrupted(f"stopped at once by a second SIGINT at step {step}, without saving the batch in flight; "
-                              f"{where}", signal.SIGINT)
+                 f"{earlier}`." if earlier else
+                 "no checkpoint had been written, so a new run starts from the beginning.")
+        which = "a second SIGINT" if interruptions.received is not None else "SIGINT"
+        return RunInterrupted(f"stopped at once by {which} at step {step}, without saving the batch in flight; {where}",
+                              signal.SIGINT)
     signum = interruptions.received or signal.SIGTERM
     saved = [c.last_model_path for c in callbacks if c.last_model_path]
     where = (f"its state at step {step} is saved in {saved[0]}; resume with the same command and `--ckpt_path {saved[0]}`."

@@ -50,8 +50,8 @@ MAX_STEPS = 10  # faults.yaml: 4 steps an epoch, so a run crosses two epoch boun
 
 def _config(folder: Path, *, delay: float = 0.0, hold_at: Optional[int] = None, before: tuple[dict, ...] = (),
             checkpoint: Optional[dict] = None, **trainer) -> Path:
-    """A copy of faults.yaml in ``folder`` with absolute data paths, LossLog's ``delay`` and ``hold_at``, extra callbacks
-    ``before`` the checkpoint callback (which stays last), its ``checkpoint`` options and ``trainer`` options."""
+    """A copy of faults.yaml in ``folder`` with absolute data paths, LossLog's ``delay`` and ``hold_at``, extra
+    callbacks ``before`` the checkpoint callback (which stays last), its ``checkpoint`` options and ``trainer`` options."""
     config = yaml.safe_load(FAULTS_CONF.read_text())
     config["data"]["init_args"].update(root=str(IMAGENET / "train"), val_root=str(IMAGENET / "val"))
     callbacks = config["trainer"]["callbacks"]
@@ -114,7 +114,8 @@ def check_all_unreadable_folder(tmp_path: Path, capsys) -> None:
     line = _one_error(err)
     assert code == 2
     assert re.fullmatch(rf"uplift: error: None of the 4 images of data\.root={re.escape(str(folder))} can be used "
-                        r"\(a\.jpg: unreadable \(.+\); b\.jpg: unreadable \(.+\); c\.png: unreadable \(.+\); \.\.\.\)\. "
+                        r"\(a\.jpg: unreadable \(.+\); b\.jpg: unreadable \(.+\); c\.png: unreadable \(.+\); "
+                        r"\.\.\.\)\. "
                         r"Check the files \(corrupt, truncated or not images\?\) or point the option at another "
                         r"folder\.", line), line
     assert _losses(tmp_path) == []  # refused before the first batch
@@ -126,7 +127,7 @@ def _voc_copy(tmp_path: Path) -> Path:
     return root
 
 
-def check_segmentation_label_outside_the_classes(tmp_path: Path, capsys) -> None:
+def check_segmentation_label_outside_the_classes(tmp_path: Path) -> None:
     from datamodules import ADE20KDataModule, VOCDataModule
     from uplift.errors import InputError
 
@@ -195,7 +196,8 @@ def check_datamodule_options_name_themselves(tmp_path: Path, capsys) -> None:
 
 def check_yaml_typos(tmp_path: Path, capsys) -> None:
     text = PREDICTIVE.read_text().replace("max_steps:", "max_stepz:").replace("depths:", "depht:")
-    text = text.replace("    batch_size: 2", "    batchsize: 2").replace("      pretrained: false", "      pretraind: false")
+    text = text.replace("    batch_size: 2", "    batchsize: 2")
+    text = text.replace("      pretrained: false", "      pretraind: false")
     config = tmp_path / "typos.yaml"
     config.write_text(text)
     code, err = _uplift(capsys, "fit", "--config", config)
@@ -205,9 +207,13 @@ def check_yaml_typos(tmp_path: Path, capsys) -> None:
         f"model.init_args.backbone.pretraind (did you mean model.init_args.backbone.pretrained?), "
         f"model.init_args.depht (did you mean model.init_args.depths?), data.init_args.batchsize (did you mean "
         f"data.init_args.batch_size?). Fix the spelling; `uplift fit --help` lists the options.")
+    code, err = _uplift(capsys, "fit", "--config", PREDICTIVE, "--data.init_args.batch_size", "abc")  # a bad value
+    assert code == 2 and "usage:" not in err and _one_error(err) == (
+        "uplift: error: Parser key \"data\": Problem with given class_path 'datamodules.ImageDataModule': Parser key "
+        "\"batch_size\": Expected a <class 'int'>. Got value: abc. `uplift fit --help` lists the options.")
 
 
-def check_unknown_preset(tmp_path: Path, capsys) -> None:
+def check_unknown_preset(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     from tests.helpers import tiny_config
@@ -226,7 +232,7 @@ def check_unknown_preset(tmp_path: Path, capsys) -> None:
         assert str(error.value) == expected
 
 
-def check_invalid_config_json(tmp_path: Path, capsys) -> None:
+def check_invalid_config_json(tmp_path: Path) -> None:
     from tests.helpers import tiny_config
     from uplift import UPLiFT
     from uplift.checkpoints import load_uplift
@@ -304,12 +310,12 @@ def check_ckpt_url_pickle_never_runs(tmp_path: Path, capsys, monkeypatch) -> Non
     assert not marker.exists(), "the pickle ran"
     assert code == 2
     assert re.fullmatch(rf"uplift: error: --ckpt_path {re.escape(url)}: .*evil\.ckpt holds Python objects that a "
-                        r"checkpoint of tensors does not \(Trying to load unsupported GLOBAL posix\.system whose module "
-                        r"posix is blocked\.\); it was refused and nothing in it ran\. Use a checkpoint written by "
+                        r"checkpoint of tensors does not \(Trying to load unsupported GLOBAL posix\.system whose "
+                        r"module posix is blocked\.\); it was refused and nothing in it ran\. Use a checkpoint written by "
                         r"`uplift fit`, from a source you trust\.", _one_error(err)), err
 
 
-def check_makefile_variables_are_data(tmp_path: Path, capsys) -> None:
+def check_makefile_variables_are_data(tmp_path: Path) -> None:
     """A stand-in for .venv/bin/python records the program's arguments (and lets Make's `python -c` run)."""
     record, marker = tmp_path / "argv.txt", tmp_path / "PWNED"
     fake = tmp_path / "python"
@@ -389,8 +395,6 @@ def check_unwritable_outputs(tmp_path: Path, capsys) -> None:
 
 
 def check_divergence_stops_before_the_step(tmp_path: Path, capsys) -> None:
-    from tasks.cli import main  # noqa: F401  (the CLI adds FiniteLoss to every trainer)
-
     nan = {"class_path": "tests.helpers.NaNAt", "init_args": {"step": 3}}
     config = _config(tmp_path, before=(nan,))
     code, err = _uplift(capsys, "fit", "--config", config, "--trainer.callbacks.every_n_train_steps", "2")
@@ -406,7 +410,7 @@ def check_divergence_stops_before_the_step(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "run" / "finished.json").exists()
 
 
-def check_table_cells_resume_and_key_on_their_arguments(tmp_path: Path, capsys) -> None:
+def check_table_cells_resume_and_key_on_their_arguments(tmp_path: Path) -> None:
     from tasks.cli import read_finished
     from tasks.tables import ResultsCache, args_key, fit_once
     from tasks.callbacks import RunInterrupted
@@ -434,7 +438,7 @@ def check_table_cells_resume_and_key_on_their_arguments(tmp_path: Path, capsys) 
     assert cache.get("cell", args_key(["--a", "1", "--ckpt_path=x"])) is not None  # resuming changes nothing
 
 
-def check_model_input_dtypes(tmp_path: Path, capsys) -> None:
+def check_model_input_dtypes() -> None:
     from tests.helpers import tiny_config
     from uplift import UPLiFT
 
@@ -445,7 +449,7 @@ def check_model_input_dtypes(tmp_path: Path, capsys) -> None:
             model((image * 255 if dtype == torch.uint8 else image).to(dtype), features)
 
 
-def check_huge_steps_are_refused_up_front(tmp_path: Path, capsys) -> None:
+def check_huge_steps_are_refused_up_front() -> None:
     """In a child process whose memory is capped (5 GB of address space, ~1.5 GB beyond what importing torch maps):
     today's code allocates until the allocator fails."""
     code = ("import time, torch\nfrom tests.helpers import tiny_config\nfrom uplift import UPLiFT\n"
@@ -466,7 +470,7 @@ def check_huge_steps_are_refused_up_front(tmp_path: Path, capsys) -> None:
     assert float(result.stdout.split()[1]) < 1 and "steps" in result.stdout
 
 
-def check_output_size_int(tmp_path: Path, capsys) -> None:
+def check_output_size_int() -> None:
     from tests.helpers import tiny_config
     from uplift import UPLiFT
 
@@ -476,7 +480,9 @@ def check_output_size_int(tmp_path: Path, capsys) -> None:
 
 
 def _predict(tmp_path: Path, capsys, images: dict[str, tuple[int, int]], *args: str) -> tuple[int, str, Path]:
-    folder, out = tmp_path / f"images{len(list(tmp_path.glob('images*')))}", tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+    """``uplift predict`` of plain images of the given sizes in a new folder: (exit status, stderr, output folder)."""
+    run = len(list(tmp_path.glob("images*")))
+    folder, out = tmp_path / f"images{run}", tmp_path / f"out{run}"
     folder.mkdir()
     for name, size in images.items():
         Image.new("RGB", size, (200, 30, 30)).save(folder / name)
@@ -526,7 +532,8 @@ FAULTS = [
     Fault("sigint-resume-exact", "Resuming after Ctrl-C is not exact",
           "SIGINT to an `uplift fit` subprocess while its 4th step (the last of epoch 0) is in flight, then the same "
           "command with --ckpt_path last.ckpt",
-          "exit 130 with the resume command; interrupted + resumed per-step losses == uninterrupted losses, bit for bit",
+          "exit 130 with the resume command; interrupted + resumed per-step losses == uninterrupted losses, bit "
+          "for bit",
           covered_by="test_signals_mid_epoch_save_and_resume_exactly"),
     Fault("second-sigint", "only Ctrl-C saves", "two SIGINTs 0.5 s apart while a step is in flight (60 s long)",
           "exit 130 at once (long before the step would end): 'stopped at once by a second SIGINT at step 1, without "
@@ -552,7 +559,8 @@ FAULTS = [
     Fault("diverged", "A diverging run (loss NaN) trains on to the end with exit 0 and writes NaN weights",
           "tests.helpers.NaNAt fills a weight with NaN before step 3",
           "exit 2: 'The training loss became nan at step 3: ... The last good checkpoint is <last.ckpt>. Lower the "
-          "learning rate ...'; every checkpoint finite; no finished.json", check=check_divergence_stops_before_the_step),
+          "learning rate ...'; every checkpoint finite; no finished.json",
+          check=check_divergence_stops_before_the_step),
     Fault("all-unreadable", "A folder whose images are all unreadable \"trains\" on nothing with exit 0",
           "`uplift fit --data.init_args.root <folder of 4 broken files>`",
           "exit 2 before the first batch: 'None of the 4 images of data.root=<folder> can be used (a.jpg: unreadable "
@@ -563,9 +571,11 @@ FAULTS = [
           covered_by="tests/test_imageio.py::test_float_tiff_is_taken_as_unit_range"),
     Fault("exif", "EXIF-rotated photos sideways", "load_rgb of a photo with EXIF orientation 6",
           "rotated, except for the probe datasets' stored grid",
-          covered_by="tests/test_imageio.py::test_exif_orientation_is_applied_unless_the_protocol_reads_the_stored_grid"),
+          covered_by="tests/test_imageio.py::"
+                     "test_exif_orientation_is_applied_unless_the_protocol_reads_the_stored_grid"),
     Fault("nan-pixels", "NaN in the image gives NaN features without an error", "load_rgb of a float TIFF with NaN",
-          "InputError naming the file", covered_by="tests/test_imageio.py::test_nan_pixels_are_an_error_naming_the_file"),
+          "InputError naming the file",
+          covered_by="tests/test_imageio.py::test_nan_pixels_are_an_error_naming_the_file"),
     Fault("seg-labels", "segmentation label values outside the dataset's classes silently become \"ignore\"",
           "VOC label with values 30 and 77; ADE20K annotation with 255",
           "InputError: 'Label file <png> holds label value(s) 30, 77 that are neither VOC label ids (0-20) nor its "
@@ -636,7 +646,8 @@ FAULTS = [
     Fault("yaml-typos", "YAML typos are named under fifty lines of usage, one at a time",
           "`uplift fit --config` of a file with 4 misspelt keys at 4 depths",
           "exit 2, one line: '<file>: unknown keys trainer.max_stepz (did you mean trainer.max_steps?), ... . Fix the "
-          "spelling; `uplift fit --help` lists the options.'; no usage text", check=check_yaml_typos),
+          "spelling; `uplift fit --help` lists the options.'; no usage text; a bad value: one line naming its key",
+          check=check_yaml_typos),
 ]
 
 #: The issue's items, as it words them: every one needs a row above.
@@ -661,9 +672,12 @@ def _param(fault: Fault):
 
 @pytest.mark.parametrize("fault", [_param(f) for f in FAULTS if f.check is not None])
 def test_fault(fault: Fault, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Each row's check, in an empty working directory, given the fixtures it names."""
+    import inspect
+
     monkeypatch.chdir(tmp_path)
-    kwargs = {"monkeypatch": monkeypatch} if "monkeypatch" in fault.check.__code__.co_varnames else {}
-    fault.check(tmp_path, capsys, **kwargs)
+    fixtures = {"tmp_path": tmp_path, "capsys": capsys, "monkeypatch": monkeypatch}
+    fault.check(**{name: fixtures[name] for name in inspect.signature(fault.check).parameters})
 
 
 def test_the_table_covers_every_item_of_the_issue() -> None:
@@ -677,7 +691,8 @@ def test_the_table_covers_every_item_of_the_issue() -> None:
         assert fault.trigger and fault.expected, fault.id
         if fault.covered_by and not fault.owner:  # another helper's test is checked where it lives
             path, _, name = fault.covered_by.rpartition("::")
-            module = importlib.import_module(path.replace("/", ".").removesuffix(".py")) if path else sys.modules[__name__]
+            module = (importlib.import_module(path.replace("/", ".").removesuffix(".py")) if path
+                      else sys.modules[__name__])
             assert callable(getattr(module, name or fault.covered_by, None)), f"{fault.id}: no test {fault.covered_by}"
 
 

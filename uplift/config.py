@@ -145,8 +145,9 @@ class UPLiFTConfig:
 def unknown_preset(name: str) -> ConfigError:
     """The error for a preset name that does not exist: every preset, and the closest one."""
     close = difflib.get_close_matches(name, PRESETS, n=1)
-    return ConfigError(f"Unknown UPLiFT preset {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; the presets "
-                       f"are {', '.join(PRESETS)}. A config can also be a release YAML file or a config.json.")
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"Unknown UPLiFT preset {name!r}{hint}; the presets are {', '.join(PRESETS)}. A config can also "
+                       f"be a release YAML file or a config.json.")
 
 
 def _vae_preset() -> UPLiFTConfig:
