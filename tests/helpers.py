@@ -61,9 +61,9 @@ class LossLog(Callback):
     uninterrupted runs exactly. For the fault suite's real signals, a batch can be held "in flight":
 
     - ``delay``: every step after the first waits that many seconds before it starts;
-    - ``hold_at``: the batch that starts at global step ``hold_at`` writes ``<path>.held`` and then waits until the
-      run has received an interrupting signal (:class:`tasks.callbacks.Interruptions`), so that a test's signal
-      lands in that very batch, whatever the machine's speed.
+    - ``hold_at``: the batch that starts at global step ``hold_at`` writes ``<path>.held`` and then waits (on rank 0)
+      until the run has received an interrupting signal (:class:`tasks.callbacks.Interruptions`), so that a test's
+      signal lands in that very batch, whatever the machine's speed.
     """
 
     def __init__(self, path: str, delay: float = 0.0, hold_at: Optional[int] = None) -> None:
@@ -74,7 +74,7 @@ class LossLog(Callback):
 
         if self.delay and trainer.global_step > 0:
             time.sleep(self.delay)
-        if trainer.global_step == self.hold_at:
+        if trainer.global_step == self.hold_at and trainer.global_rank == 0:  # other ranks wait in the collectives
             from tasks.callbacks import interrupting_signal
 
             self.path.with_suffix(".held").touch()

@@ -715,6 +715,21 @@ def _interrupt_then_resume(folder: Path, signum: int, hold_at: int) -> dict:
     return dict(result, resumed_code=resumed.wait(timeout=300), resumed_err=_stderr(folder))
 
 
+def _sigterm_ddp(folder: Path) -> dict:
+    """Two DDP processes on CPU (global batch 4); SIGTERM to rank 0 alone while its 4th batch is held in flight."""
+    import socket
+
+    with socket.socket() as probe:  # a port that is free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    process = _spawn(folder, "--trainer.strategy", "ddp", "--trainer.devices", "2", "--data.init_args.batch_size", "4",
+                     hold_at=3, env=env)
+    _wait_for(process, (folder / "losses.held").exists)
+    process.send_signal(signal.SIGTERM)
+    return {"code": process.wait(timeout=300), "err": _stderr(folder)}
+
+
 def _sigint_twice(folder: Path) -> dict:
     """A checkpoint every step; step 2 then waits 60 s "in flight": SIGINT, and again 0.5 s later."""
     process = _spawn(folder, delay=60.0, every_n_train_steps=1)
@@ -730,7 +745,7 @@ def _sigint_twice(folder: Path) -> dict:
 
 
 def _spawn(folder: Path, *args: str, delay: float = 0.0, hold_at: Optional[int] = None,
-           **checkpoint) -> subprocess.Popen:
+           env: Optional[dict[str, str]] = None, **checkpoint) -> subprocess.Popen:
     """``uplift fit`` of (a copy of) faults.yaml in a subprocess working in ``folder``; stderr to ``stderr.txt``
     there (one file per run: the previous run's is kept as ``stderr.1.txt``)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -741,7 +756,7 @@ def _spawn(folder: Path, *args: str, delay: float = 0.0, hold_at: Optional[int] 
         (folder / "stderr.txt").rename(folder / "stderr.1.txt")
     with (folder / "stderr.txt").open("w") as err:
         return subprocess.Popen([sys.executable, "-m", "tasks", "fit", "--config", str(config), *args], cwd=folder,
-                                env=_env(), stdout=subprocess.DEVNULL, stderr=err)
+                                env=dict(_env(), **(env or {})), stdout=subprocess.DEVNULL, stderr=err)
 
 
 def _stderr(folder: Path) -> str:
@@ -762,7 +777,7 @@ def signal_runs(tmp_path_factory) -> dict[str, dict]:
     from concurrent.futures import ThreadPoolExecutor
 
     root = tmp_path_factory.mktemp("signals")
-    scenarios = {"uninterrupted": (_run_uninterrupted,), "twice": (_sigint_twice,),
+    scenarios = {"uninterrupted": (_run_uninterrupted,), "twice": (_sigint_twice,), "ddp": (_sigterm_ddp,),
                  # SIGINT in the last batch of epoch 0 (the 4th, from step 3), SIGTERM mid-epoch 1 (the 6th)
                  "SIGINT": (_interrupt_then_resume, signal.SIGINT, 3),
                  "SIGTERM": (_interrupt_then_resume, signal.SIGTERM, 5)}
@@ -808,3 +823,17 @@ def test_a_second_sigint_stops_at_once(signal_runs: dict[str, dict]) -> None:
         f"last checkpoint written before, {last}: the same command and `--ckpt_path {last}`.\n"), run["err"][-3000:]
     assert "Traceback" not in run["err"]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_ddp_rank_stops_every_rank_after_the_same_batch(signal_runs: dict[str, dict]) -> None:
+    """The ranks agree each step: a signal that only rank 0 received stops both after the batch in flight (the 4th),
+    with one checkpoint of that step; nothing hangs in a collective."""
+    run = signal_runs["ddp"]
+    last = run["folder"] / "run" / "checkpoints" / "last.ckpt"
+    assert run["code"] == 128 + signal.SIGTERM, run["err"][-3000:]
+    assert f"uplift: interrupted by SIGTERM at step 4: its state at step 4 is saved in {last}" in run["err"]
+    assert "Traceback" not in run["err"]
+    steps = sorted(step for step, _ in _losses(run["folder"]))
+    assert steps == [1, 1, 2, 2, 3, 3, 4, 4], steps  # each rank logged the same 4 steps
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 4
