@@ -396,6 +396,9 @@ def main(args: Optional[list[str]] = None) -> None:
     except RunInterrupted as err:
         print(f"uplift: {err}", file=sys.stderr)
         raise SystemExit(128 + err.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C outside a trainer's run (building the model, reading the data)
+        print("uplift: interrupted by SIGINT outside the training loop; nothing was saved.", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as err:
         user = user_error(err)
         if user is None or os.environ.get("UPLIFT_TRACEBACK"):
