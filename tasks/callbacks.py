@@ -70,7 +70,8 @@ class RunCheckpoint(ModelCheckpoint):
         self._save_final(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # SIGTERMException is Lightning's stop at a batch boundary (our signals use it too): the state is complete.
+        # SIGTERMException: Interruptions' stop at the end of a training batch (or Lightning's, at a batch boundary
+        # before training): the state is complete.
         # A bare KeyboardInterrupt (a second Ctrl-C) cuts a batch in half (perhaps the optimiser step): resuming from
         # that state would skip the batch or apply half of it, so the last checkpoint written before stays the one.
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
