@@ -7,7 +7,8 @@ is run or names a test that exists). Rows owned by another helper whose code has
 ``xfail(strict=True)``: they start failing loudly (XPASS) the day the fix lands, and the mark is then removed.
 
 Interruptions are real: ``uplift fit`` subprocesses receive SIGINT / SIGTERM from this process mid-epoch
-(``test_signals_mid_epoch_save_and_resume_exactly``, ``test_a_second_sigint_stops_at_once``), and in-process
+(``test_signals_mid_epoch_save_and_resume_exactly``, ``test_a_second_sigint_stops_at_once``, and one DDP rank in
+``test_sigterm_to_one_ddp_rank_stops_every_rank_after_the_same_batch``), and in-process
 runs send themselves a real signal (``tests.helpers.SignalAt``). Everything runs on the tiny configs in
 ``tests/conf`` (``faults.yaml``) and the generated data in ``tests/data``.
 """
@@ -51,7 +52,8 @@ MAX_STEPS = 10  # faults.yaml: 4 steps an epoch, so a run crosses two epoch boun
 def _config(folder: Path, *, delay: float = 0.0, hold_at: Optional[int] = None, before: tuple[dict, ...] = (),
             checkpoint: Optional[dict] = None, **trainer) -> Path:
     """A copy of faults.yaml in ``folder`` with absolute data paths, LossLog's ``delay`` and ``hold_at``, extra
-    callbacks ``before`` the checkpoint callback (which stays last), its ``checkpoint`` options and ``trainer`` options."""
+    callbacks ``before`` the checkpoint callback (which stays last), its ``checkpoint`` options and ``trainer``
+    options."""
     config = yaml.safe_load(FAULTS_CONF.read_text())
     config["data"]["init_args"].update(root=str(IMAGENET / "train"), val_root=str(IMAGENET / "val"))
     callbacks = config["trainer"]["callbacks"]
