@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import ShardedDataModule
+from datamodules.sampling import ShardedDataModule, check_counts
 from datamodules.transforms import batch_flipped, da2_input, jafar_probe_transform, pseudo_depth_to_target
 from uplift.errors import WeightsUnavailableError
 from uplift.imageio import load_rgb
@@ -260,6 +260,9 @@ class COCODepthDataModule(ShardedDataModule):
         super().__init__()
         if cache_dtype not in ("float32", "float16"):
             raise ValueError(f"data.cache_dtype must be 'float32' or 'float16', got {cache_dtype!r}.")
+        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                     num_workers=num_workers, max_train_images=max_train_images, max_val_images=max_val_images,
+                     optional=("max_train_images", "max_val_images"), zero_ok=("num_workers",))
         self.save_hyperparameters()
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else Path(root).expanduser() / "depth_targets"
         self.datasets: dict[str, DepthDataset] = {}

@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.sampling import ShardedDataModule
+from datamodules.sampling import ShardedDataModule, check_counts
 from datamodules.transforms import RESIZE_MODES, ResizeMode, release_train_transform, resize_step, to_unit_float
+from uplift.errors import ConfigError, InputError
 from uplift.imageio import IMAGE_EXTENSIONS, load_rgb
 from uplift.imageio import list_images as _list_images
 
@@ -45,10 +46,24 @@ EMBEDDED_PHOTOS = (
 )  # fmt: skip
 
 
-def list_images(root: str | Path) -> list[Path]:
-    """All image files under ``root`` (recursive, sorted), or one clear error."""
-    return _list_images(root, hint="Point `data.root` at a folder of images (any tree, e.g. ImageNet's train/ "
-                                    "with class subfolders), or leave it unset to use the bundled demo photos.")
+#: What to point each folder option at, for its "does not exist" error.
+_FOLDER_HINTS = {
+    "data.root": "Point `data.root` at a folder of images (any tree, e.g. ImageNet's train/ with class subfolders), "
+                 "or leave it unset to use the bundled demo photos.",
+    "data.val_root": "Point `data.val_root` at a folder of held-out images, or leave it unset to hold out "
+                     "`data.val_fraction` of the training images.",
+    "data.predict_root": "Point `data.predict_root` at an image or a folder of images.",
+}
+
+
+def list_images(root: str | Path, option: str = "data.root") -> list[Path]:
+    """All image files under ``root`` (recursive, sorted), or one clear error naming ``option``."""
+    try:
+        return _list_images(root, hint=_FOLDER_HINTS.get(option, ""))
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{option}: {err}") from None
+    except ValueError as err:
+        raise ConfigError(f"{option}: {err}") from None
 
 
 class _LazyColumn:
@@ -116,19 +131,39 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: Any) -> Optional[dict[str, Any]]:
-        epoch, index = index if isinstance(index, tuple) else (0, index)
+    def read(self, index: int) -> tuple[Optional[Image.Image], str]:
+        """The RGB image at ``index``, or ``None`` and why it cannot be used (unreadable, or smaller than the
+        crop with ``resize="none"``)."""
         try:
             img = load_rgb(self.items[index])
         except Exception as err:  # corrupt, truncated, unsupported: skip it, name it
-            log.warning("Skipping unreadable image %s (%s: %s)", self.names[index], type(err).__name__, err)
-            return None
+            return None, f"unreadable ({type(err).__name__}: {err})"
         size = self.image_size
         if size is not None and self.resize == "none" and (img.width < size or img.height < size):
-            log.warning("Skipping image %s: %dx%d is smaller than the %dx%d crop (data.image_size)",
-                        self.names[index], img.width, img.height, size, size)
+            return None, f"{img.width}x{img.height} is smaller than the {size}x{size} crop (data.image_size)"
+        return img, ""
+
+    def __getitem__(self, index: Any) -> Optional[dict[str, Any]]:
+        epoch, index = index if isinstance(index, tuple) else (0, index)
+        img, why = self.read(index)
+        if img is None:
+            log.warning("Skipping image %s: %s", self.names[index], why)
             return None
         return {"image": to_unit_float(self.transform_image(img, index, epoch)), "name": self.names[index]}
+
+    def require_usable(self, where: str) -> None:
+        """One :class:`InputError` when not a single image of the set can be used (``where`` names the
+        source): a run would otherwise skip every batch and "train" on nothing. Stops at the first usable
+        image, which for a healthy folder is the first one."""
+        reasons = []
+        for index in range(len(self)):
+            img, why = self.read(index)
+            if img is not None:
+                return
+            reasons.append(f"{Path(self.names[index]).name}: {why}")
+        shown = "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "")
+        raise InputError(f"None of the {len(self)} images of {where} can be used ({shown}). Check the files (corrupt, "
+                         f"truncated or not images?) or point the option at another folder.")
 
     def transform_image(self, img: Image.Image, index: int = 0, epoch: int = 0) -> Tensor:
         """``[3, S, S]`` uint8 (``[3, H, W]`` without an ``image_size``) of one RGB PIL image."""
@@ -210,6 +245,12 @@ class ImageDataModule(ShardedDataModule):
     ) -> None:
         super().__init__()
         check_image_options(resize, crop, prefix="data.")
+        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                     num_workers=num_workers, max_val_images=max_val_images, predict_size=predict_size,
+                     optional=("val_batch_size", "predict_size"), zero_ok=("num_workers",))
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be a fraction in [0, 1) of the training images to hold out for "
+                              f"validation (used when data.val_root is not set), got {val_fraction!r}.")
         self.save_hyperparameters()
         self.train_set: Optional[ImageFolder] = None
         self.val_set: Optional[ImageFolder] = None
@@ -226,36 +267,50 @@ class ImageDataModule(ShardedDataModule):
                 raise ValueError(f"{hp.hf_dataset} has no column {hp.hf_image_column!r}; columns: {ds.column_names}.")
             return _LazyColumn(ds, hp.hf_image_column), [f"{hp.hf_dataset}[{i}]" for i in range(len(ds))]
         if hp.root:
-            files = list_images(hp.root)
+            files = list_images(hp.root, "data.root")
             return files, [str(f) for f in files]
         return embedded_photos()
+
+    def _where(self) -> str:
+        """The training images' source, as the user configured it."""
+        hp = self.hparams
+        return f"data.hf_dataset={hp.hf_dataset}" if hp.hf_dataset else f"data.root={hp.root}" if hp.root else \
+            "the bundled demo photos"
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         if stage in ("fit", "validate", "test") and self.train_set is None:
             items, names = self._source()
             if hp.val_root:
-                val_files = list_images(hp.val_root)[: hp.max_val_images]
+                val_files = list_images(hp.val_root, "data.val_root")[: hp.max_val_images]
                 val_items, val_names = val_files, [str(f) for f in val_files]
             else:
                 order = torch.randperm(len(items), generator=torch.Generator().manual_seed(hp.seed)).tolist()
                 n_val = min(hp.max_val_images, max(1, round(len(items) * hp.val_fraction)))
                 if n_val >= len(items):
-                    raise ValueError(f"Only {len(items)} image(s): too few to hold out {n_val} for validation.")
+                    raise ConfigError(f"Only {len(items)} image(s) in {self._where()}: too few to hold out {n_val} for "
+                                      f"validation (data.val_fraction={hp.val_fraction}); add images or set "
+                                      f"data.val_root.")
                 held = set(order[:n_val])
                 val_idx, train_idx = sorted(held), [i for i in range(len(items)) if i not in held]
                 val_items, val_names = _Take(items, val_idx), [names[i] for i in val_idx]
                 items, names = _Take(items, train_idx), [names[i] for i in train_idx]
             self.train_set = ImageFolder(items, names, hp.image_size, resize=hp.resize, crop=hp.crop, seed=hp.seed)
             self.val_set = ImageFolder(val_items, val_names, hp.image_size, resize=hp.resize, crop="center")
+            if stage == "fit":
+                self.train_set.require_usable(self._where())
+            self.val_set.require_usable(f"data.val_root={hp.val_root}" if hp.val_root else
+                                        f"the held-out split of {self._where()} (data.val_fraction)")
         if stage == "predict" and self.predict_set is None:
             if hp.predict_root:
-                files = list_images(hp.predict_root)
+                files = list_images(hp.predict_root, "data.predict_root")
                 root = Path(hp.predict_root)
                 items, names = files, [str(f.relative_to(root)) if root.is_dir() else f.name for f in files]
             else:
                 items, names = embedded_photos()
             self.predict_set = _PredictImages(items, names, hp.predict_size)
+            self.predict_set.require_usable(f"data.predict_root={hp.predict_root}" if hp.predict_root else
+                                            "the bundled demo photos")
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:

@@ -13,7 +13,7 @@ recipe (samples per optimiser step, steps per epoch) does not depend on the numb
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 import lightning as L
 import torch
@@ -21,9 +21,23 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from uplift.errors import ConfigError
 
-__all__ = ["EpochBatchSampler", "EpochIndexSampler", "ResumableSampler", "ShardedDataModule", "seeded_subset"]
+__all__ = ["EpochBatchSampler", "EpochIndexSampler", "ResumableSampler", "ShardedDataModule", "check_counts",
+           "seeded_subset"]
 
 T = TypeVar("T")
+
+
+def check_counts(*, optional: tuple[str, ...] = (), zero_ok: tuple[str, ...] = (), **options: Any) -> None:
+    """One :class:`ConfigError` naming ``data.<option>`` for the first of ``options`` that is not a positive integer
+    (``zero_ok``: non-negative; ``optional``: ``None`` allowed too). Called by the datamodules' ``__init__``, so
+    that a batch size of 0 is refused by name before anything runs, not by a DataLoader deep inside the run."""
+    for name, value in options.items():
+        if value is None and name in optional:
+            continue
+        low = 0 if name in zero_ok else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            kind = "a non-negative integer" if low == 0 else "a positive integer"
+            raise ConfigError(f"data.{name} must be {kind}{' or null' if name in optional else ''}, got {value!r}.")
 
 
 class ResumableSampler(Sampler[int]):

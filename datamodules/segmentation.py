@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.sampling import ShardedDataModule
+from datamodules.sampling import ShardedDataModule, check_counts
 from datamodules.transforms import PILNearestMask, batch_flipped, jafar_probe_transform
 from uplift.errors import InputError
 from uplift.imageio import load_rgb
@@ -88,11 +88,26 @@ CITYSCAPES_ID_TO_TRAIN_ID = {
 }  # fmt: skip
 
 
-def _lookup(table: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``table[values]`` as uint8; values outside the table (negative, or past its end) -> 255."""
+def _lookup(table: np.ndarray, values: np.ndarray, void: Sequence[int] = (IGNORE_INDEX,),
+            source: str = "The label array", dataset: str = "the dataset") -> np.ndarray:
+    """``table[values]`` as uint8: raw label values -> class ids, the dataset's ``void`` values -> 255.
+
+    Any other value (negative, or past the table's end) is an :class:`InputError` naming ``source`` and the
+    values: a label file from another dataset or a converted copy would otherwise silently become "ignore"
+    and change the metric without anyone noticing."""
     values = np.asarray(values)
-    out = np.full(values.shape, IGNORE_INDEX, dtype=np.uint8)
     inside = (values >= 0) & (values < len(table))
+    if not inside.all():
+        outside = np.unique(values[~inside])
+        unknown = [int(v) for v in outside if int(v) not in void]
+        if unknown:
+            shown = ", ".join(map(str, unknown[:8])) + (f", ... ({len(unknown)} values)" if len(unknown) > 8 else "")
+            voids = f" nor its void value{'s' if len(void) > 1 else ''} {', '.join(map(str, void))}" if void else ""
+            raise InputError(
+                f"{source} holds label value(s) {shown} that are neither {dataset} label ids (0-{len(table) - 1})"
+                f"{voids}. Use the dataset's original label files (not converted, colourised or resized copies), "
+                f"with the datamodule of that dataset.")
+    out = np.full(values.shape, IGNORE_INDEX, dtype=np.uint8)
     out[inside] = table[values[inside].astype(np.int64)]
     return out
 
@@ -105,7 +120,7 @@ def _table(size: int, pairs: dict[int, int]) -> np.ndarray:
 
 
 def _identity(num_classes: int) -> np.ndarray:
-    """Values 0..num_classes-1 kept; anything else (255 included) -> 255."""
+    """Values 0..num_classes-1 kept (the void values -> 255 and anything else is an error, in :func:`_lookup`)."""
     return _table(num_classes, {i: i for i in range(num_classes)})
 
 
@@ -113,14 +128,15 @@ _CITYSCAPES_TABLE = _table(34, CITYSCAPES_ID_TO_TRAIN_ID)
 
 
 def coco_coarse_ids(fine_ids: np.ndarray) -> np.ndarray:
-    """COCO-Stuff fine ids (0-181; 255 = unlabeled) -> 27 coarse ids; 255 and unknown ids -> 255."""
-    return _lookup(COCO_FINE_TO_COARSE, fine_ids)
+    """COCO-Stuff fine ids (0-181; 255 = unlabeled) -> 27 coarse ids, 255 -> 255; any other value is an error."""
+    return _lookup(COCO_FINE_TO_COARSE, fine_ids, COCOStuffDataModule.VOID_VALUES, dataset="COCO-Stuff")
 
 
 def cityscapes_train_ids(label_ids: np.ndarray) -> np.ndarray:
     """Cityscapes ``*_gtFine_labelIds`` values -> the 19 trainIds (255 = ignore), as cityscapesScripts'
-    ``createTrainIdLabelImgs`` writes them to ``*_gtFine_labelTrainIds.png``."""
-    return _lookup(_CITYSCAPES_TABLE, label_ids)
+    ``createTrainIdLabelImgs`` writes them to ``*_gtFine_labelTrainIds.png``; -1 (license plate) -> 255; any other
+    value is an error."""
+    return _lookup(_CITYSCAPES_TABLE, label_ids, CityscapesDataModule.VOID_VALUES, dataset="Cityscapes")
 
 
 # ----------------------------------------------------------------------------------------------- dataset
@@ -151,16 +167,19 @@ def _label_array(img: Image.Image, path: Path) -> np.ndarray:
 class SegmentationDataset(Dataset):
     """(image, label) file pairs with the protocol's transforms.
 
-    ``label_table[raw value]`` is the class id (255 = ignore; values past the table's end -> 255): a plain
-    array, cheap to send to worker processes. ``train=True`` adds the per-batch horizontal flip: the index
+    ``label_table[raw value]`` is the class id (255 = ignore): a plain array, cheap to send to worker processes.
+    ``void_values`` are the raw values the dataset itself uses for "no label" (-> 255); any other value outside
+    the table is an error naming the file (``dataset`` names the dataset in it). ``train=True`` adds the per-batch horizontal flip: the index
     may be an int (never flipped) or an ``(epoch, batch index, index)`` triple, as the train loader's
     :class:`~datamodules.sampling.EpochBatchSampler` yields them; every sample of a batch then makes the
     same, seeded decision (:func:`~datamodules.transforms.batch_flipped`), independent of workers and resumption.
     """
 
     def __init__(self, pairs: Sequence[tuple[Path, Path]], image_size: int, label_table: np.ndarray,
-                 train: bool = False, seed: int = 0) -> None:
+                 train: bool = False, seed: int = 0, void_values: Sequence[int] = (IGNORE_INDEX,),
+                 dataset: str = "the dataset") -> None:
         self.pairs, self.image_size, self.label_table = list(pairs), image_size, label_table
+        self.void_values, self.dataset = tuple(void_values), dataset
         self.train, self.seed = train, seed
         self.transform = jafar_probe_transform(image_size)
 
@@ -181,7 +200,9 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"Image {image_path} is {image.size[0]}x{image.size[1]} but its label {label_path} is "
                              f"{label_img.size[0]}x{label_img.size[1]} (W x H); they must match.")
         # class ids, 255 = ignore; mapped before resizing (a pointwise map commutes with nearest resampling)
-        label = PILNearestMask(torch.from_numpy(_lookup(self.label_table, _label_array(label_img, label_path)))[None])
+        ids = _lookup(self.label_table, _label_array(label_img, label_path), self.void_values,
+                      source=f"Label file {label_path}", dataset=self.dataset)
+        label = PILNearestMask(torch.from_numpy(ids)[None])
         image_t, label_t = self.transform(image, label)
         image_t, label_t = image_t.as_subclass(torch.Tensor), label_t.as_subclass(torch.Tensor)[0].long()
         if flip:
@@ -204,18 +225,23 @@ class SegmentationDataModule(ShardedDataModule):
 
     Subclasses set ``num_classes``, ``LAYOUT`` (the expected tree, shown in errors), ``SOURCE`` (where to get
     the data), ``SPLITS`` (train/val folder names) and implement :meth:`_required` and :meth:`_pairs`;
-    :meth:`label_table` maps raw label values to class ids (255 = ignore).
+    :meth:`label_table` maps raw label values to class ids (255 = ignore); ``VOID_VALUES`` are the raw values that
+    the dataset's own files use for "no label" (also -> 255): any other value is an error.
     """
 
     num_classes: ClassVar[int] = 0
     LAYOUT: ClassVar[str] = ""
     SOURCE: ClassVar[str] = ""
     SPLITS: ClassVar[dict[str, str]] = {"train": "train", "val": "val"}
+    VOID_VALUES: ClassVar[tuple[int, ...]] = (IGNORE_INDEX,)
 
     def __init__(self, root: str, image_size: int = 448, batch_size: int = 2, val_batch_size: int = 1,
                  num_workers: int = 4, seed: int = 0, max_train_images: Optional[int] = None,
                  max_val_images: Optional[int] = None) -> None:
         super().__init__()
+        check_counts(image_size=image_size, batch_size=batch_size, val_batch_size=val_batch_size,
+                     num_workers=num_workers, max_train_images=max_train_images, max_val_images=max_val_images,
+                     optional=("max_train_images", "max_val_images"), zero_ok=("num_workers",))
         self.save_hyperparameters()
         self.train_set: Optional[SegmentationDataset] = None
         self.val_set: Optional[SegmentationDataset] = None
@@ -236,7 +262,7 @@ class SegmentationDataModule(ShardedDataModule):
 
     def label_table(self) -> np.ndarray:
         """``table[raw value]`` = class id in [0, num_classes) or 255. Default: ids 0..num_classes-1 kept,
-        anything else (255 included) -> 255."""
+        ``VOID_VALUES`` -> 255, anything else is an error."""
         return _identity(self.num_classes)
 
     # ------------------------------------------------------------------ checks and listing
@@ -271,9 +297,13 @@ class SegmentationDataModule(ShardedDataModule):
         hp = self.hparams
         if stage == "fit" and self.train_set is None:
             self.train_set = SegmentationDataset(self._split_pairs("train"), hp.image_size, self.label_table(),
-                                                 train=True, seed=hp.seed)
+                                                 train=True, seed=hp.seed, **self._label_rules())
         if stage in ("fit", "validate", "test") and self.val_set is None:
-            self.val_set = SegmentationDataset(self._split_pairs("val"), hp.image_size, self.label_table())
+            self.val_set = SegmentationDataset(self._split_pairs("val"), hp.image_size, self.label_table(),
+                                               **self._label_rules())
+
+    def _label_rules(self) -> dict[str, Any]:
+        return {"void_values": self.VOID_VALUES, "dataset": type(self).__name__.replace("DataModule", "")}
 
     # ------------------------------------------------------------------ loaders
     def train_dataloader(self) -> DataLoader:
@@ -304,6 +334,7 @@ class COCOStuffDataModule(SegmentationDataModule):
 
     num_classes = 27
     SPLITS = {"train": "train2017", "val": "val2017"}
+    VOID_VALUES = (255,)  # "unlabeled" in the stuffthingmaps PNGs
     LIST = "Coco164kFull_Stuff_Coarse.txt"
     LAYOUT = """\
 <root>/
@@ -334,6 +365,7 @@ class VOCDataModule(SegmentationDataModule):
     ``root`` is the folder holding ``VOCdevkit`` (``VOCdevkit`` or ``VOCdevkit/VOC2012`` also work)."""
 
     num_classes = 21
+    VOID_VALUES = (255,)  # the void border around objects
     LAYOUT = """\
 <root>/
   VOCdevkit/VOC2012/
@@ -363,6 +395,7 @@ class ADE20KDataModule(SegmentationDataModule):
 
     num_classes = 151
     SPLITS = {"train": "training", "val": "validation"}
+    VOID_VALUES = ()  # 0 ("other") is a class of the protocol; the annotations hold 0-150 and nothing else
     LAYOUT = """\
 <root>/
   ADEChallengeData2016/
@@ -389,6 +422,9 @@ class CityscapesDataModule(SegmentationDataModule):
     """Cityscapes fine annotations: the 34 labelIds mapped to the 19 evaluation trainIds (others -> 255)."""
 
     num_classes = 19
+    #: labels.py's license plate (-1). cityscapesScripts never draws it into the labelIds PNGs (their values are
+    #: 0-33), but a label array read from elsewhere may carry it.
+    VOID_VALUES = (-1,)
     LAYOUT = """\
 <root>/
   leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png

@@ -5,7 +5,8 @@
 - :class:`Interruptions`: one path for SIGINT (Ctrl-C), SIGTERM (what a cluster sends before preemption) and
   SIGUSR1: the run stops after the batch in flight, on every DDP rank, saves, and the command exits non-zero
   (128 + the signal number) naming the checkpoint to resume from. Under SLURM with auto-requeue Lightning's own
-  SIGUSR1 handler (save and requeue) is left in place.
+  SIGUSR1 handler (save and requeue) is left in place. A second Ctrl-C stops at once, without saving the half
+  batch: the checkpoint to resume from is then the last one written before.
 - :class:`FiniteLoss`: a NaN or infinite training loss stops the run before the optimiser step, so no NaN ever
   reaches the weights or a checkpoint; the last good checkpoint is kept.
 
@@ -73,7 +74,8 @@ class RunCheckpoint(ModelCheckpoint):
     def resolve_dirpath(self, trainer: L.Trainer) -> str:
         """The folder the checkpoints go to (``dirpath``, else the run folder's ``checkpoints``)."""
         if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+            self.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))  # as ModelCheckpoint
+            self.dirpath_from_run = True
         return self.dirpath
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -86,29 +88,37 @@ class RunCheckpoint(ModelCheckpoint):
         path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
         if self.last_model_path == path and self._last_global_step_saved == trainer.global_step:
             return  # save_last already wrote it at this step
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=self.save_weights_only)
         self.last_model_path = path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_final(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # SIGTERMException is Lightning's stop at a batch boundary (our signals use it too): the state is complete.
-        # A bare KeyboardInterrupt (a second Ctrl-C) may cut a batch in half, but its state is still the best there is.
-        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.state.fn == "fit":
+        # SIGTERMException: Interruptions' stop at the end of a training batch (or Lightning's, at a batch boundary
+        # before training): the state is complete.
+        # A bare KeyboardInterrupt (a second Ctrl-C) cuts a batch in half (perhaps the optimiser step): resuming from
+        # that state would skip the batch or apply half of it, so the last checkpoint written before stays the one.
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
             self._save_final(trainer)
 
 
 class Interruptions(Callback):
-    """Turn SIGINT, SIGTERM and SIGUSR1 into Lightning's graceful stop (see the module docstring).
+    """Turn SIGINT, SIGTERM and SIGUSR1 into a graceful stop (see the module docstring).
 
-    The first signal asks the trainer to stop after the batch in flight (Lightning's SIGTERM path, which DDP ranks
-    agree on); a second SIGINT stops at once. The handlers are installed when training starts and removed when it
-    ends, so nothing outside ``fit`` changes.
+    The first signal stops the run at the end of the training batch in flight: this callback raises Lightning's
+    ``SIGTERMException`` from ``on_train_batch_end``, on every DDP rank at the same batch (the ranks agree each
+    step), where the state is the one Lightning's own mid-epoch checkpoints hold (and resume exactly, also from
+    an epoch's last batch). Lightning's flag is not used: it stops at other points (after the epoch-end hooks,
+    inside validation), whose states do not resume exactly. A validation in progress therefore finishes first.
+    A second SIGINT stops at once. The handlers are installed when training starts and removed when it ends, so
+    nothing outside ``fit`` changes.
     """
 
     def __init__(self) -> None:
         self.received: Optional[int] = None
+        #: The run was stopped at once by a KeyboardInterrupt (a second Ctrl-C, or one before training started).
+        self.stopped_at_once = False
         self._previous: dict[int, Any] = {}
         self._trainer: Optional[L.Trainer] = None
 
@@ -116,14 +126,25 @@ class Interruptions(Callback):
         if self.received is not None and signum == signal.SIGINT:  # asked twice: stop now
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
+        if self.received is None and self._trainer.is_global_zero:  # os.write: print() may not re-enter its buffer
+            again = " Press Ctrl-C again to stop at once, without saving." if signum == signal.SIGINT else ""
+            os.write(2, f"\nuplift: {signal.Signals(signum).name} received: stopping after the batch in flight, "
+                        f"then saving.{again}\n".encode())
         self.received = self.received or signum
-        # Lightning's own flag: the loops raise SIGTERMException at the next batch boundary, on all DDP ranks.
-        self._trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = self.received is not None
+        if trainer.world_size > 1:  # one rank's signal stops every rank, after the same batch
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+            self.received = self.received or (signal.SIGTERM if stop else None)
+        if stop:
+            raise SIGTERMException()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from lightning.fabric.plugins.environments import SLURMEnvironment
 
-        self._trainer, self.received = trainer, None
+        self._trainer, self.received, self.stopped_at_once = trainer, None, False
         environment = trainer._accelerator_connector.cluster_environment
         slurm_requeue = isinstance(environment, SLURMEnvironment) and environment.auto_requeue
         for name in SIGNALS:
@@ -144,6 +165,8 @@ class Interruptions(Callback):
         self._restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._trainer = trainer
+        self.stopped_at_once = isinstance(exception, KeyboardInterrupt)
         self._restore()
 
 

@@ -143,8 +143,10 @@ class ProbeTask(FrozenBackboneTask):
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.schedule_interval}}
 
-    def setup(self, stage: str) -> None:
-        if stage != "test" or self.trainer is None or self.trainer.ckpt_path is not None or not self.probe_checkpoint:
+    def on_test_start(self) -> None:
+        # Not in setup(): Lightning loads --ckpt_path after setup, so only from here on does trainer.ckpt_path say
+        # whether one was given (in setup it was always None, and --ckpt_path was ignored).
+        if self.trainer.ckpt_path is not None or not self.probe_checkpoint:
             return
         path = Path(self.probe_checkpoint)
         if not path.is_file():

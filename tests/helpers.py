@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from lightning.pytorch.callbacks import Callback
 
@@ -52,3 +53,67 @@ class BatchLog(Callback):
         with self.path.open("a") as log:
             record = {"rank": trainer.global_rank, "step": trainer.global_step, "names": batch["name"]}
             log.write(json.dumps(record) + "\n")
+
+
+class LossLog(Callback):
+    """Appends ``{"step", "epoch", "batch", "loss"}`` as one JSON line per finished training step to ``path``
+    (``step``: the global step the batch completed), for comparing the loss sequences of interrupted + resumed and
+    uninterrupted runs exactly. For the fault suite's real signals, a batch can be held "in flight":
+
+    - ``delay``: every step after the first waits that many seconds before it starts;
+    - ``hold_at``: the batch that starts at global step ``hold_at`` writes ``<path>.held`` and then waits (on rank 0)
+      until the run has received an interrupting signal (:class:`tasks.callbacks.Interruptions`), so that a test's
+      signal lands in that very batch, whatever the machine's speed.
+    """
+
+    def __init__(self, path: str, delay: float = 0.0, hold_at: Optional[int] = None) -> None:
+        self.path, self.delay, self.hold_at = Path(path), delay, hold_at
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import time
+
+        if self.delay and trainer.global_step > 0:
+            time.sleep(self.delay)
+        if trainer.global_step == self.hold_at and trainer.global_rank == 0:  # other ranks wait in the collectives
+            from tasks.callbacks import interrupting_signal
+
+            self.path.with_suffix(".held").touch()
+            end = time.monotonic() + 300
+            while interrupting_signal(trainer) is None and time.monotonic() < end:
+                time.sleep(0.02)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        record = {"step": trainer.global_step, "epoch": trainer.current_epoch, "batch": batch_idx,
+                  "loss": None if loss is None else float(loss)}  # None: a skipped batch
+        with self.path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+class SignalAt(Callback):
+    """Sends ``signal`` to this very process when training step ``step`` has finished: a real signal, delivered by
+    the operating system to the run's own handlers, for in-process interruption tests."""
+
+    def __init__(self, step: int, signal: str = "SIGINT") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class NaNAt(Callback):
+    """Fills the first trainable parameter with NaN before training step ``step``: the loss of that step diverges."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import torch
+
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(p for p in pl_module.parameters() if p.requires_grad).fill_(float("nan"))

@@ -283,16 +283,23 @@ def test_coco_fine_to_coarse() -> None:
     assert coarse[170] == coarse[176] == "wall"  # wall-brick, wall-wood
     assert coarse[177] == coarse[147] == "water"  # water-other, river
     assert coarse[180] == "window" and coarse[181] == "solid"  # window-other, wood
-    raw = np.array([[0, 2, 156, 255], [181, 182, 200, 254]], dtype=np.uint8)
-    np.testing.assert_array_equal(coco_coarse_ids(raw), [[9, 11, 23, 255], [24, 255, 255, 255]])
+    raw = np.array([[0, 2, 156, 255], [181, 255, 0, 0]], dtype=np.uint8)
+    np.testing.assert_array_equal(coco_coarse_ids(raw), [[9, 11, 23, 255], [24, 255, 9, 9]])
+    # ids past 181 other than 255 ("unlabeled") are not COCO-Stuff's: an error, never silently "ignore"
+    with pytest.raises(InputError, match=r"label value\(s\) 182, 200, 254 that are neither COCO-Stuff label ids "
+                                         r"\(0-181\) nor its void value 255"):
+        coco_coarse_ids(np.array([[0, 182, 200, 254, 255]], dtype=np.uint8))
 
 
 def test_cityscapes_label_ids_to_train_ids() -> None:
-    ids = np.arange(-1, 40)
+    ids = np.arange(-1, 34)  # labels.py's ids: -1 (license plate) and 0-33
     expected = np.full(ids.shape, 255)
     for _, label_id, train_id in CITYSCAPES_EVAL:
         expected[ids == label_id] = train_id
     np.testing.assert_array_equal(cityscapes_train_ids(ids), expected)
+    with pytest.raises(InputError, match=r"label value\(s\) -2, 34, 255 that are neither Cityscapes label ids \(0-33\) "
+                                         r"nor its void value -1"):
+        cityscapes_train_ids(np.array([-2, 0, 34, 255]))
 
 
 def assert_matches_official(mapped: np.ndarray, label_ids: np.ndarray, official: np.ndarray) -> None:

@@ -17,8 +17,10 @@ Files are read with safetensors or ``torch.load(weights_only=True)``: nothing in
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -27,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from uplift.config import PRESETS, UPLiFTConfig, load_official_config, official_to_config
+from uplift.config import PRESETS, UPLiFTConfig, load_official_config, official_to_config, unknown_preset
 from uplift.errors import CheckpointMismatchError, WeightsError
 from uplift.hub import RELEASES, download
 
@@ -68,14 +70,27 @@ def read_state_dict(path: Union[str, Path]) -> tuple[dict[str, Tensor], dict[str
                            f"truncated (an interrupted download) or in another format. Download it again.") from err
 
 
-def read_checkpoint(path: Union[str, Path]) -> dict[str, Any]:
-    """A Lightning ``.ckpt`` as a dict, loaded with ``weights_only=True``, or one :class:`WeightsError`."""
+def read_checkpoint(path: Union[str, Path], mmap: bool = False) -> dict[str, Any]:
+    """A Lightning ``.ckpt`` as a dict, loaded with ``weights_only=True``, or one :class:`WeightsError`.
+    ``mmap``: map the tensors instead of reading them (a cheap check that the file loads)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle with code, another format: never executed, always named
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as err:
+            if not (mmap and "mmap" in str(err)):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
+    except pickle.UnpicklingError as err:  # objects that weights_only refuses: not run, and not to be retried
+        # the unpickler's reason, never torch's first line (which suggests retrying with weights_only=False)
+        refused = next((line.strip() for line in str(err).splitlines()
+                        if line.strip().startswith(("Unsupported", "Trying to load"))), "refused by weights_only=True")
+        raise WeightsError(f"{path} holds Python objects that a checkpoint of tensors does not ({refused}); it was "
+                           f"refused and nothing in it ran. Use a checkpoint written by `uplift fit`, from a source "
+                           f"you trust.") from None
+    except Exception as err:  # truncated zip, another format: never executed, always named
         raise WeightsError(f"{path} is not a readable checkpoint ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else ''}); it may be truncated (an interrupted "
                            f"save or copy) or not a checkpoint written by `uplift fit`.") from err
@@ -139,8 +154,11 @@ def _config(config: ConfigLike) -> UPLiFTConfig:
     """An explicit config: an :class:`UPLiFTConfig`, a preset name, a release YAML (path or dict) or our JSON."""
     if isinstance(config, UPLiFTConfig):
         return config
-    if isinstance(config, str) and config in PRESETS and not Path(config).exists():
-        return UPLiFTConfig.preset(config)
+    if isinstance(config, str) and not Path(config).exists():
+        if config in PRESETS:
+            return UPLiFTConfig.preset(config)
+        if Path(config).suffix.lower() not in (".yaml", ".yml", ".json") and "/" not in config and "\\" not in config:
+            raise unknown_preset(config)  # a name, not a path: a misspelt preset
     if isinstance(config, (str, Path)) and Path(config).suffix == ".json":
         return UPLiFTConfig.from_dict(_read_json(Path(config)))
     if isinstance(config, dict) and "backbone" not in config and "uplift" not in config:
@@ -259,8 +277,10 @@ def load_uplift(reference: Reference, config: ConfigLike = None, cache_dir: Opti
         raise FileNotFoundError(f"UPLiFT checkpoint {path} not found; train one with `uplift fit` first.")
     if path.suffix == ".safetensors" or "/" in name:
         raise FileNotFoundError(f"UPLiFT weights {path} not found.")
-    raise WeightsError(f"{name!r} is neither a released UPLiFT model ({', '.join(RELEASES)}) nor an existing file "
-                       f"or folder (a save_pretrained folder, a .safetensors or a .ckpt of `uplift fit`).")
+    close = difflib.get_close_matches(name, RELEASES, n=1)
+    raise WeightsError(f"{name!r} is neither a released UPLiFT model ({', '.join(RELEASES)}"
+                       f"{f'; did you mean {close[0]!r}?' if close else ''}) nor an existing file or folder (a "
+                       f"save_pretrained folder, a .safetensors or a .ckpt of `uplift fit`).")
 
 
 # ------------------------------------------------------------------------------------------ saving

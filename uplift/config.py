@@ -12,6 +12,7 @@ The dataclasses are plain, so jsonargparse/LightningCLI read them from YAML dire
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +21,10 @@ import yaml
 
 from uplift.attender import NEIGHBOURHOODS
 from uplift.blocks import BlockType, Norm
+from uplift.errors import ConfigError
 
-__all__ = ["BlockGroupConfig", "RefinerConfig", "UPLiFTConfig", "PRESETS", "official_to_config", "load_official_config"]
+__all__ = ["BlockGroupConfig", "RefinerConfig", "UPLiFTConfig", "PRESETS", "official_to_config", "load_official_config",
+           "unknown_preset"]
 
 
 @dataclass
@@ -135,8 +138,16 @@ class UPLiFTConfig:
     def preset(cls, name: str) -> "UPLiFTConfig":
         """The architecture of a released model: ``dinov2-s14``, ``dinov3-splus16`` or ``sd15-vae``."""
         if name not in PRESETS:
-            raise ValueError(f"Unknown UPLiFT preset {name!r}; choose one of {sorted(PRESETS)}.")
+            raise unknown_preset(name)
         return PRESETS[name]()
+
+
+def unknown_preset(name: str) -> ConfigError:
+    """The error for a preset name that does not exist: every preset, and the closest one."""
+    close = difflib.get_close_matches(name, PRESETS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"Unknown UPLiFT preset {name!r}{hint}; the presets are {', '.join(PRESETS)}. A config can also "
+                       f"be a release YAML file or a config.json.")
 
 
 def _vae_preset() -> UPLiFTConfig:

@@ -173,11 +173,14 @@ def unsupported_options(config: str | Path, args: Sequence[str]) -> Optional[str
     """Why ``uplift fit --config config *args`` does not parse (an option this version of a model does not have),
     or None. Parsing only (``--print_config``): nothing is built or downloaded."""
     from tasks.cli import run_cli
+    from uplift.errors import ConfigError
 
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             run_cli(["fit", "--config", str(config), *args, "--print_config"])
+    except ConfigError as problem:  # the CLI's parse errors, one line each
+        return str(problem)
     except SystemExit as stop:
         if not stop.code:
             return None
