@@ -204,9 +204,10 @@ class ImageDataModule(ShardedDataModule):
         hf_dataset: a Hugging Face ``datasets`` name or local path (used instead of ``root``), with
             ``hf_split``, ``hf_image_column`` and extra ``hf_kwargs`` for ``datasets.load_dataset``
             (e.g. ``hf_dataset: imagefolder`` with ``hf_kwargs: {data_dir: /my/images}``).
-        predict_root: folder of images for ``uplift predict`` (default: the bundled photos); each is
-            resized so that its short side is ``predict_size`` (``null``: kept at its own size); the
-            task centre-crops it to a multiple of the patch size.
+        predict_root: folder of images for ``uplift predict`` (default: the bundled photos), each taken at its
+            own size (``predict_size``: its short side resized to that first); the task computes the features
+            as :class:`uplift.FeatureExtractor` does (sides rounded to whole patches and mapped back, images above
+            1024 x 1024 pixels scaled down, images smaller than a patch skipped by name).
         image_size: training/validation side S (the release uses 448 for DINO models, 1024 for the VAE).
         resize: how an image becomes S x S (:mod:`datamodules.transforms`, the release's transforms):
             ``squash`` (``Resize((S, S))``, aspect ratio not kept: the release's ImageNet transform
@@ -232,7 +233,7 @@ class ImageDataModule(ShardedDataModule):
         hf_image_column: str = "image",
         hf_kwargs: Optional[dict[str, Any]] = None,
         predict_root: Optional[str] = None,
-        predict_size: Optional[int] = 448,
+        predict_size: Optional[int] = None,
         image_size: int = 448,
         resize: ResizeMode = "squash",
         crop: CropMode = "center",

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from uplift.backbones import Backbone, BackboneConfig, check_backbone_fits
 
-__all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "crop_to_multiple", "feature_pyramid", "image_pyramid",
+__all__ = ["BackboneConfig", "Downsample", "check_backbone_fits", "feature_pyramid", "image_pyramid",
            "item_seed", "resize_image"]
 
 #: How training images are halved: ``antialias`` (bilinear, antialiased: the UPLiFT release) or
@@ -51,16 +51,6 @@ def feature_pyramid(backbone: "Backbone", images: Tensor, levels: int, downsampl
     each; ``normalize=False``: the images already are the backbone's normalised input."""
     return [(scaled, backbone(scaled, normalize=normalize).float())
             for scaled in image_pyramid(images, levels, backbone.patch_size, downsample)]
-
-
-@torch.no_grad()
-def crop_to_multiple(image: Tensor, multiple: int) -> Tensor:
-    """Centre-crop an image batch so both sides are multiples of ``multiple``."""
-    h, w = image.shape[-2:]
-    if h < multiple or w < multiple:
-        raise ValueError(f"Image {h}x{w} is smaller than one {multiple}-pixel patch.")
-    top, left = (h % multiple) // 2, (w % multiple) // 2
-    return image[..., top : top + h - h % multiple, left : left + w - w % multiple]
 
 
 def item_seed(seed: int, index: int) -> int:

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tasks.base import PCA_PICTURES_INSTEAD, UpsamplerComparison, UpsamplerTask, moved_to_callback
-from tasks.common import BackboneConfig, check_backbone_fits, crop_to_multiple, image_pyramid
+from tasks.common import BackboneConfig, check_backbone_fits, image_pyramid
 from uplift import UPLiFT, UPLiFTConfig
 from uplift.checkpoints import load_state_dict_strict
+from uplift.extractor import dense_features, guide_image
 
 __all__ = ["PredictiveTask"]
 
@@ -101,7 +102,7 @@ class PredictiveTask(UpsamplerTask):
     # ------------------------------------------------------------------ shared pieces
     def guide_image(self, image01: Tensor) -> Tensor:
         """The image the UPLiFT encoder sees: backbone-normalised, or raw for ``raw_image_guide``."""
-        return image01 if self.model.config.raw_image_guide else self.backbone.normalize(image01)
+        return guide_image(image01, self.backbone, self.model)
 
     def pyramid_image(self, image01: Tensor) -> Tensor:
         return self.guide_image(image01)
@@ -154,17 +155,23 @@ class PredictiveTask(UpsamplerTask):
     # ------------------------------------------------------------------ prediction
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Per image: ``name``, ``image`` (centre-cropped to whole patches), ``low_res`` (the backbone's grid),
-        ``steps`` (every 2x step) and ``features`` (the last step resized to the image: pixel-dense); all
-        ``[C, H, W]``. ``tasks.writers.FeatureWriter`` writes them to files."""
+        """Per image: ``name``, ``image``, ``low_res`` (the backbone's grid), ``steps`` (every 2x step) and
+        ``features`` (pixel-dense at the image's own size); all ``[C, H, W]``. The computation is the feature
+        extractor's (:func:`uplift.extractor.dense_features`): sides that are not multiples of the patch size are
+        resized to the nearest ones and the features mapped back; an image above ``max_pixels`` (1024 x 1024) is
+        scaled down first (aspect kept), so a 10000 x 100 strip costs what a 1000 x 1000 photo does; an image smaller
+        than a patch is skipped with a warning that names it. ``tasks.writers.FeatureWriter`` writes the files."""
+        from uplift.errors import InputError
+
         if batch["image"] is None:
             return []
         results = []
         for image, name in zip(batch["image"], batch["name"]):
-            image = crop_to_multiple(image, self.backbone.patch_size)
-            low_res = self.backbone(image[None]).float()
-            steps = self.model(self.guide_image(image[None]), low_res, return_all_steps=True)
-            dense = F.interpolate(steps[-1].float(), size=image.shape[-2:], mode="bilinear", antialias=True)
-            results.append({"name": name, "image": image, "low_res": low_res[0], "features": dense[0],
-                            "steps": [s[0].float() for s in steps]})
+            try:
+                out = dense_features(image, self.backbone, self.model, return_steps=True, name=str(name))
+            except InputError as err:  # no feature to upsample: the other images still get theirs
+                log.warning("Skipping %s: %s", name, err)
+                continue
+            results.append({"name": name, "image": image, "low_res": out.low_res.float(),
+                            "features": out.features.float(), "steps": [s.float() for s in out.steps]})
         return results

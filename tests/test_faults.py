@@ -505,11 +505,37 @@ def check_predict_name_collision(tmp_path: Path, capsys) -> None:
 
 
 def check_predict_image_smaller_than_a_patch(tmp_path: Path, capsys) -> None:
-    code, err, out = _predict(tmp_path, capsys, {"a_ok.png": (56, 56), "tiny.png": (8, 8)},
-                              "--data.init_args.predict_size", "null")
-    assert "tiny.png" in err and "Traceback" not in err, err[-2000:]
-    if code == 0:  # skipped by name: the other image's results are there
-        assert any(out.rglob("a_ok*")), list(out.rglob("*"))
+    import logging
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("tasks.predictive").addHandler(handler)
+    try:
+        code, err, out = _predict(tmp_path, capsys, {"a_ok.png": (56, 56), "tiny.png": (8, 8)},
+                                  "--data.init_args.predict_size", "null")
+    finally:
+        logging.getLogger("tasks.predictive").removeHandler(handler)
+    assert code == 0, err[-2000:]
+    assert any("Skipping tiny.png" in r and "smaller than one 14x14 patch" in r for r in records), records
+    assert "Traceback" not in err and any(out.rglob("a_ok*")), list(out.rglob("*"))  # the others are written
+
+
+def check_predict_strip_is_bounded(tmp_path: Path, capsys) -> None:
+    """The issue's case: a 10000 x 100 strip with its short side resized to 448 (44800 x 448, 20 M pixels): the
+    features are computed at about 1 M pixels (max_pixels, aspect kept), not at 20 M."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, err, out = _predict(tmp_path, capsys, {"strip.png": (10000, 100)}, "--data.init_args.predict_size", "448")
+    assert code == 0, err[-2000:]
+    from safetensors import safe_open
+
+    with safe_open(str(out / "strip.safetensors"), "pt") as f:
+        height, width = f.get_slice("features").get_shape()[-2:]
+    assert height * width <= 1024 * 1024 and abs(width / height - 100) < 2, (height, width)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 6000, f"peak memory grew by {grown_mib:.0f} MiB"
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -591,11 +617,11 @@ FAULTS = [
     Fault("predict-tiny-image", "one image smaller than a patch aborts the whole run without naming the file",
           "`uplift predict` (own size) on a folder with a 56x56 and an 8x8 image",
           "tiny.png named (skipped with a warning, or one error), no traceback",
-          check=check_predict_image_smaller_than_a_patch, owner="front"),
+          check=check_predict_image_smaller_than_a_patch),
     Fault("predict-strip", "a 10000x100 strip is resized to 44800x448 and runs out of memory",
-          "features of a 10000x100 strip", "bounded by max_pixels (aspect kept); today's predict needs ~84 GB, "
-          "so the case runs on the extractor that the lead routes `uplift predict` through",
-          covered_by="tests/test_extractor.py::test_extreme_strips_are_bounded_by_max_pixels", owner="front"),
+          "`uplift predict` of a 10000x100 strip with data.predict_size 448 (44800x448)",
+          "features at <= 1024x1024 pixels, aspect kept (max_pixels of the feature extractor, which predict uses)",
+          check=check_predict_strip_is_bounded),
     Fault("probe-ckpt-path", "`uplift test --config <probe config> --ckpt_path X` ignores `--ckpt_path`",
           "`uplift test` of tests/conf/probe_voc.yaml whose probe_checkpoint does not exist, with --ckpt_path",
           "scored with the --ckpt_path probe: the same metrics as naming it as probe_checkpoint",
