@@ -92,8 +92,9 @@ class ProbeTask(FrozenBackboneTask):
         backbone: the frozen backbone (DINOv2-S/14 for Table 1).
         upsampler: the Table 1 row (``uplift.upsamplers.*``), chosen in YAML by class path.
         feature_size: side of the dense features and of the images (448).
-        probe_checkpoint: the trained probe that ``uplift test`` evaluates when no ``--ckpt_path`` is
-            given (``uplift fit`` writes it through the config's checkpoint callback).
+        probe_checkpoint: the trained probe that ``uplift test`` evaluates when no ``--ckpt_path`` is given;
+            default: ``<trainer.default_root_dir>/checkpoints/last.ckpt``, where ``uplift fit`` of the same config
+            leaves it.
         metrics: the evaluation metrics (cloned for ``val`` and ``test``).
         normalize_input / autocast_dtype: see :class:`FrozenFeatures`.
     """
@@ -146,9 +147,10 @@ class ProbeTask(FrozenBackboneTask):
     def on_test_start(self) -> None:
         # Not in setup(): Lightning loads --ckpt_path after setup, so only from here on does trainer.ckpt_path say
         # whether one was given (in setup it was always None, and --ckpt_path was ignored).
-        if self.trainer.ckpt_path is not None or not self.probe_checkpoint:
+        if self.trainer.ckpt_path is not None:
             return
-        path = Path(self.probe_checkpoint)
+        # default: where this config's `uplift fit` left it (RunCheckpoint: <default_root_dir>/checkpoints)
+        path = Path(self.probe_checkpoint or Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt")
         if not path.is_file():
             name = path.parts[1] if len(path.parts) > 2 and path.parts[0] == "runs" else ""
             example = f" (e.g. `uplift fit --config configs/{name}.yaml`)" if (Path("configs") / f"{name}.yaml").is_file() else ""

@@ -554,8 +554,8 @@ def test_paper_config_is_the_protocol() -> None:
         main(["fit", "--config", str(REPO / "configs" / "depth_coco.yaml"), "--print_config"])
     assert exit_info.value.code == 0
     config = yaml.safe_load((REPO / "configs" / "depth_coco.yaml").read_text())
-    probe = Path(config["model"]["init_args"]["probe_checkpoint"])
-    assert probe.parts[:2] == ("runs", "depth_coco")  # so the "train it first" error names configs/depth_coco.yaml
+    root = Path(config["trainer"]["default_root_dir"])  # the probe: <root>/checkpoints/last.ckpt
+    assert root.parts[:2] == ("runs", "depth_coco")  # so the "train it first" error names configs/depth_coco.yaml
     model, data, trainer = config["model"]["init_args"], config["data"]["init_args"], config["trainer"]
     assert (model["lr"], model["weight_decay"], model["gradient_weight"]) == (5e-4, 1e-5, 0.5)
     assert (model["gradient_loss"], model["warm_up_iters"], model["normalize_input"]) == ("jafar", 100, False)
