@@ -46,7 +46,7 @@ def backbone_available(name: str) -> tuple[bool, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--out", default="runs/quickstart/demo_pca.png", help="where to write the PCA picture")
+    parser.add_argument("--out", default=None, help="where to write the PCA picture (default: <run folder>/demo_pca.png)")
     args, extra = parser.parse_known_args(argv)  # anything else goes to `uplift fit`, e.g. --trainer.max_steps=20
 
     import yaml
@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
               f"Continuing with a RANDOMLY INITIALISED backbone: the pipeline runs, its numbers mean nothing.\n{BANNER}\n",
               flush=True)
         overrides.append("--model.init_args.backbone.pretrained=false")
+    if not any(o.startswith("--trainer.default_root_dir") for o in overrides):
+        # a new run folder each time: a fit never writes over an earlier run (runs/demo/1, runs/demo/2, ...)
+        number = 1 + max((int(p.name) for p in Path("runs/demo").glob("*") if p.name.isdigit()), default=0)
+        overrides.append(f"--trainer.default_root_dir=runs/demo/{number}")
 
     cli = run_cli(["fit", "--config", args.config, *overrides])
     task, data, trainer = cli.model, cli.datamodule, cli.trainer
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # the most colourful held-out photo makes the clearest picture
     photo = max((data.val_set[i] for i in range(len(data.val_set))), key=lambda p: float(p["image"].std(0).mean()))
-    picture = save_png(task.pca_picture(photo["image"].to(task.device)).cpu(), args.out)
+    out = args.out or Path(trainer.default_root_dir) / "demo_pca.png"
+    picture = save_png(task.pca_picture(photo["image"].to(task.device)).cpu(), out)
     ours, bilinear = metrics["val/mse_uplift"], metrics["val/mse_bilinear"]
     verdict = "below" if ours < bilinear else "NOT below"
     print(f"\n{BANNER}\nUPLiFT demo summary")

@@ -164,6 +164,16 @@ def test_demo_runs_offline_and_says_so(tmp_path: Path, capsys) -> None:
         assert picture.size[1] == 56 and picture.size[0] == 6 * 56 + 5 * 4
 
 
+def test_demo_twice_runs_in_a_new_folder_each_time(tmp_path: Path, capsys) -> None:
+    """``make demo`` again must not meet "already holds a run": each demo trains in runs/demo/<n>."""
+    from tasks.demo import main as demo
+
+    for _ in range(2):
+        assert demo(["--config", str(CONF), "--trainer.max_steps=1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir()) == ["1", "2"]
+    assert all((tmp_path / "runs" / "demo" / n / "demo_pca.png").is_file() for n in ("1", "2"))
+
+
 # ---------------------------------------------------------------------------------------- learning
 
 
