@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from uplift.resample import Crop, Span, corners_bilinear_taps, resample
+from uplift.resample import Crop, Resize, Span, resample
 
 __all__ = [
     "BlockType",
@@ -30,12 +30,16 @@ Norm = Literal["batch", "layer"]
 BlockType = Literal["single", "double"]
 
 
-def add_channel_residual(residual: Tensor, out: Tensor) -> Tensor:
+def add_channel_residual(residual: Tensor, out: Tensor, inplace: bool = False) -> Tensor:
     """Return ``out + residual`` where the residual is cut to, or zero-padded to, ``out``'s channels.
 
-    This is how every UPLiFT block keeps a skip connection when its width changes.
+    This is how every UPLiFT block keeps a skip connection when its width changes. ``inplace``: add
+    into ``out`` (a fresh tensor nobody else reads, outside autograd), with no padded copy.
     """
     c_res, c_out = residual.shape[1], out.shape[1]
+    if inplace:
+        out[:, : min(c_res, c_out)] += residual[:, :c_out]
+        return out
     if c_res >= c_out:
         return out + residual[:, :c_out]
     return out + F.pad(residual, (0, 0, 0, 0, 0, c_out - c_res))
@@ -101,15 +105,16 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor, stride: int = 1) -> Tensor:
         """``stride`` > 1 (``single`` blocks): only the outputs at rows and columns ``0, s, 2s, ...``,
         exactly those of the stride-1 output (the 3x3 convolution is the only spatial layer)."""
+        inplace = not torch.is_grad_enabled()
         if stride == 1:
-            return add_channel_residual(x, self.conv(x))
+            return add_channel_residual(x, self.conv(x), inplace)
         if self.kind != "single":
             raise ValueError("a strided ConvBlock must be of kind 'single' (one 3x3 convolution).")
         first = self.conv[0]
         y = F.conv2d(x, first.weight, first.bias, stride=stride, padding=1)
         for layer in self.conv[1:]:
             y = layer(y)
-        return add_channel_residual(x[..., ::stride, ::stride], y)
+        return add_channel_residual(x[..., ::stride, ::stride], y, inplace)
 
 
 class BlockGroup(nn.Module):
@@ -158,7 +163,9 @@ class UpBlock(nn.Module):
         rows = Span(high.top, high.top + 2 * x.shape[-2]) if rows is None else rows
         cols = Span(high.left, high.left + 2 * x.shape[-1]) if cols is None else cols
         # outputs near the crop's edge may read past it (clamped): the caller's plan discards them
-        skip = resample(x, rows=(corners_bilinear_taps(crop.height, high.height), rows, crop.top),
-                        cols=(corners_bilinear_taps(crop.width, high.width), cols, crop.left), clamp=True)
-        up = self.up(x)[..., rows.slice(high.top), cols.slice(high.left)]
-        return up + skip
+        wide = x.dtype == torch.float64
+        skip = resample(x, rows=(Resize("corners", crop.height, high.height, wide), rows, crop.top),
+                        cols=(Resize("corners", crop.width, high.width, wide), cols, crop.left), clamp=True)
+        cells_rows, cells_cols = rows.halved(), cols.halved()  # the transposed convolution: 2x2 per input
+        up = self.up(x[..., cells_rows.slice(crop.top), cells_cols.slice(crop.left)])
+        return skip.add_(up[..., rows.slice(2 * cells_rows.start), cols.slice(2 * cells_cols.start)])

@@ -19,7 +19,7 @@ from uplift.attender import LocalAttender, attend_padded, neighbourhood_radius, 
 from uplift.blocks import BlockGroup, UpBlock, check_patch_multiple
 from uplift.config import UPLiFTConfig
 from uplift.noise import Noise
-from uplift.resample import Crop, Span, corners_bilinear_taps, nearest_crop
+from uplift.resample import Crop, Resize, Span, footprint, nearest_crop
 
 if TYPE_CHECKING:
     from uplift.tiling import Box
@@ -64,15 +64,17 @@ class DenseEncoder(nn.Module):
             in_channels = group.widths[-1]
             self.out_channels.append(in_channels)
 
-    def forward(self, image: Tensor, last_stride: int = 1) -> list[Tensor]:
-        """``last_stride`` > 1: the last group's output only at every ``last_stride``-th pixel, all the
+    def forward(self, image: Tensor, last_stride: int = 1, keep: Optional[set[int]] = None) -> list[Optional[Tensor]]:
+        """Every group's output (None for those not in ``keep``, freed as soon as the next group ran).
+
+        ``last_stride`` > 1: the last group's output only at every ``last_stride``-th pixel, all the
         decoder reads of it when no step runs at the encoder's resolution (see ``ConvBlock``)."""
-        outputs = []
+        outputs: list[Optional[Tensor]] = []
         x = image
         last = len(self.out_channels) - 1
         for i in range(len(self.out_channels)):
             x = getattr(self, f"block_{i}")(x, last_stride if i == last else 1)
-            outputs.append(x)
+            outputs.append(x if keep is None or i in keep or i - len(self.out_channels) in keep else None)
         return outputs
 
 
@@ -93,6 +95,24 @@ class Decoder(nn.Module):
         x = torch.cat([x, nearest_crop(guide, guide_crop, crop, tuple(x.shape[-2:]))], dim=1)
         return _append_noise(x, self.noise_channels, self.noise_scale, noise, crop, stage)
 
+    def low(self, x: Tensor, encoder_outputs: list[Tensor], crop: Crop, encoder_crops: list[Crop],
+            noise: Optional[Noise]) -> Tensor:
+        """The blocks at the input resolution, on all of ``x``'s crop."""
+        return self.block_0(self._guided(x, crop, encoder_outputs[-1], encoder_crops[-1], noise, Noise.DECODER_LOW))
+
+    def high(self, low: Tensor, encoder_outputs: list[Tensor], crop: Crop, encoder_crops: list[Crop],
+             noise: Optional[Noise], out: Window) -> Tensor:
+        """The up-block and the blocks at the output resolution, for the output rows and columns ``out``
+        only, from :meth:`low`'s output on ``crop``."""
+        high = crop.doubled()
+        rows, cols = out
+        reach = self.block_1.radius
+        up_rows, up_cols = rows.grow(reach).clip(high.height), cols.grow(reach).clip(high.width)
+        x = self.up_1(low, crop, up_rows, up_cols)
+        up_crop = Crop(up_rows.start, up_cols.start, high.height, high.width)
+        x = self.block_1(self._guided(x, up_crop, encoder_outputs[-2], encoder_crops[-2], noise, Noise.DECODER_HIGH))
+        return x if (rows, cols) == (up_rows, up_cols) else x[..., rows.slice(up_rows.start), cols.slice(up_cols.start)]
+
     def forward(self, x: Tensor, encoder_outputs: list[Tensor], crop: Optional[Crop] = None,
                 encoder_crops: Optional[list[Crop]] = None, noise: Optional[Noise] = None,
                 out: Optional[Window] = None) -> Tensor:
@@ -104,15 +124,9 @@ class Decoder(nn.Module):
         """
         crop = Crop.whole(x) if crop is None else crop
         encoder_crops = [Crop.whole(e) for e in encoder_outputs] if encoder_crops is None else encoder_crops
-        high = crop.doubled()
-        rows, cols = _whole(crop, x, 2) if out is None else out
-        reach = self.block_1.radius
-        up_rows, up_cols = rows.grow(reach).clip(high.height), cols.grow(reach).clip(high.width)
-        x = self.block_0(self._guided(x, crop, encoder_outputs[-1], encoder_crops[-1], noise, Noise.DECODER_LOW))
-        x = self.up_1(x, crop, up_rows, up_cols)
-        up_crop = Crop(up_rows.start, up_cols.start, high.height, high.width)
-        x = self.block_1(self._guided(x, up_crop, encoder_outputs[-2], encoder_crops[-2], noise, Noise.DECODER_HIGH))
-        return x[..., rows.slice(up_rows.start), cols.slice(up_cols.start)]
+        out = _whole(crop, x, 2) if out is None else out
+        return self.high(self.low(x, encoder_outputs, crop, encoder_crops, noise), encoder_outputs, crop,
+                         encoder_crops, noise, out)
 
 
 class UPLiFT(nn.Module):
@@ -131,6 +145,8 @@ class UPLiFT(nn.Module):
         self.decoder = Decoder(config, self.encoder.out_channels)
         self.attender = LocalAttender(self.decoder.out_channels, config.neighbourhood)
         self.is_fast = False  # set by uplift.fast.make_fast
+        # encoder outputs the decoder and refiner read (Python indices, may be negative)
+        self.encoder_reads = {-1, -2} | ({config.refiner.encoder_group} if config.refiner is not None else set())
         self.refiner: Optional[BlockGroup] = None
         self.ref_outc: Optional[nn.Conv2d] = None
         if config.refiner is not None:
@@ -169,19 +185,23 @@ class UPLiFT(nn.Module):
         high = 2 * low_size
         att = _attend_span(out, self._refiner_reach, high)
         up = att.grow(self.decoder.block_1.radius).clip(high)
-        read = up.halved().hull(corners_bilinear_taps(low_size, high).footprint(up))
+        read = up.halved()
+        for wide in (False, True):  # the residual's taps in float32 and float64 arithmetic
+            read = read.hull(footprint(Resize("corners", low_size, high, wide), up))
         decoder = read.grow(self.decoder.block_0.radius).clip(low_size)
         values = att.halved().grow(neighbourhood_radius(self.attender.offsets)).clip(low_size)
         return decoder.hull(values)
 
     def step(self, features: Tensor, encoder_outputs: list[Tensor], crop: Optional[Crop] = None,
              encoder_crops: Optional[list[Crop]] = None, noise: Optional[Noise] = None,
-             out: Optional[Window] = None) -> Tensor:
+             out: Optional[Window] = None, decoded: Optional[Tensor] = None) -> Tensor:
         """One 2x upsampling step of ``features`` guided by the encoder outputs.
 
         By default everything is whole. ``uplift.tiling`` calls it on crops: ``crop`` and
         ``encoder_crops`` say where the inputs sit in their whole maps, ``out`` which rows and columns
-        of the whole 2x map to return (they must be far enough from the crop's cut edges).
+        of the whole 2x map to return (they must be far enough from the crop's cut edges), and
+        ``decoded`` is the decoder's :meth:`Decoder.low` output on the crop when the caller computes
+        one crop's output in several windows.
         """
         crop = Crop.whole(features) if crop is None else crop
         encoder_crops = [Crop.whole(e) for e in encoder_outputs] if encoder_crops is None else encoder_crops
@@ -190,7 +210,9 @@ class UPLiFT(nn.Module):
         rows, cols = whole if out is None else out
         ref = self.config.refiner
         att_rows, att_cols = _attend_span(rows, self._refiner_reach, high.height), _attend_span(cols, self._refiner_reach, high.width)
-        guide = self.decoder(features, encoder_outputs, crop, encoder_crops, noise, (att_rows, att_cols))
+        if decoded is None:
+            decoded = self.decoder.low(features, encoder_outputs, crop, encoder_crops, noise)
+        guide = self.decoder.high(decoded, encoder_outputs, crop, encoder_crops, noise, (att_rows, att_cols))
         if crop.is_whole(features) and (att_rows, att_cols) == whole:
             x = self.attender(guide, features)
         else:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from uplift.noise import Noise
-from uplift.resample import Crop, Span, Taps, aa_bilinear_taps, nearest_index, resample
+from uplift.resample import Crop, Resize, Span, footprint, nearest_index, resample
 
 if TYPE_CHECKING:
     from uplift.model import UPLiFT
@@ -73,6 +73,7 @@ class _Axis(NamedTuple):
     native: int  # log2 of the encoder's pixels per token
     image: int  # image pixels
     output: Optional[int]  # output_size, or None for the last step's size
+    wide: bool = False  # float64 maps (PyTorch then resamples in float64 arithmetic)
 
     def level(self, k: int) -> int:
         """Size of the input of step ``k + 1`` (``level(0)``: the feature grid; ``level(steps)``: the last output)."""
@@ -83,15 +84,16 @@ class _Axis(NamedTuple):
         return self.grid << self.native
 
     @property
-    def pre_taps(self) -> Optional[Taps]:
-        """Taps of the image -> encoder-resolution resize (patch sizes that are not a power of two)."""
-        return None if self.image == self.encoder else aa_bilinear_taps(self.image, self.encoder)
+    def pre_resize(self) -> Optional[Resize]:
+        """The image -> encoder-resolution resize (patch sizes that are not a power of two)."""
+        return None if self.image == self.encoder else Resize("aa", self.image, self.encoder, self.wide)
 
     @property
-    def out_taps(self) -> Optional[Taps]:
+    def out_resize(self) -> Optional[Resize]:
+        """The last step -> ``output_size`` resize."""
         if self.output is None or self.output == self.level(self.steps):
             return None
-        return aa_bilinear_taps(self.level(self.steps), self.output)
+        return Resize("aa", self.level(self.steps), self.output, self.wide)
 
     @property
     def out_size(self) -> int:
@@ -112,9 +114,10 @@ def _encoder_radius(model: "UPLiFT") -> int:
     return sum(getattr(model.encoder, f"block_{i}").radius for i in range(len(model.encoder.out_channels)))
 
 
+@torch.compiler.assume_constant_result
 def plan_axis(model: "UPLiFT", axis: _Axis, out: Span) -> AxisPlan:
     """Walk back from output rows ``out`` to the spans every stage must compute (see the module doc)."""
-    last = out if axis.out_taps is None else axis.out_taps.footprint(out)
+    last = out if axis.out_resize is None else footprint(axis.out_resize, out)
     inputs = [model.step_input_span(last, axis.level(axis.steps - 1))]
     for k in range(axis.steps - 1, 0, -1):
         inputs.insert(0, model.step_input_span(inputs[0], axis.level(k - 1)))
@@ -122,12 +125,12 @@ def plan_axis(model: "UPLiFT", axis: _Axis, out: Span) -> AxisPlan:
     for k, span in enumerate(inputs):
         for level, rows in ((k, span), (k + 1, Span(2 * span.start, 2 * span.stop))):
             index = nearest_index(axis.encoder, axis.level(level))[rows.start : rows.stop]
-            touched = Span(int(index.min()), int(index.max()) + 1)
+            touched = Span(min(index), max(index) + 1)
             read = touched if read is None else read.hull(touched)
     token = 1 << axis.native  # whole tokens, so that a strided last encoder group stays aligned
     grown = read.grow(_encoder_radius(model))
     encoder = Span(grown.start // token * token, -(-grown.stop // token) * token).clip(axis.encoder)
-    image = encoder if axis.pre_taps is None else axis.pre_taps.footprint(encoder)
+    image = encoder if axis.pre_resize is None else footprint(axis.pre_resize, encoder)
     return AxisPlan(out, last, tuple(inputs), encoder, image)
 
 
@@ -157,16 +160,16 @@ def _encode(model: "UPLiFT", image: Tensor, rows: AxisPlan, cols: AxisPlan, axes
     """The encoder outputs on the plan's encoder span, and where they sit (the last one maybe strided)."""
     ay, ax = axes
     crop = image[..., rows.image.slice(), cols.image.slice()]
-    if ay.pre_taps is not None or ax.pre_taps is not None:
+    if ay.pre_resize is not None or ax.pre_resize is not None:
         whole = (rows.encoder, cols.encoder) == (Span(0, ay.encoder), Span(0, ax.encoder))
         if whole:  # exactly UPLiFT.encode_image's resize
             crop = F.interpolate(crop, size=(ay.encoder, ax.encoder), mode="bilinear", align_corners=False,
                                  antialias=True)
         else:
-            crop = resample(crop, rows=None if ay.pre_taps is None else (ay.pre_taps, rows.encoder, rows.image.start),
-                            cols=None if ax.pre_taps is None else (ax.pre_taps, cols.encoder, cols.image.start))
+            crop = resample(crop, rows=None if ay.pre_resize is None else (ay.pre_resize, rows.encoder, rows.image.start),
+                            cols=None if ax.pre_resize is None else (ax.pre_resize, cols.encoder, cols.image.start))
     stride = min(_last_stride(model, ay), _last_stride(model, ax))
-    outputs = model.encoder(crop.contiguous(memory_format=fmt), last_stride=stride)
+    outputs = model.encoder(crop.contiguous(memory_format=fmt), last_stride=stride, keep=model.encoder_reads)
     where = Crop(rows.encoder.start, cols.encoder.start, ay.encoder, ax.encoder)
     crops = [where] * (len(outputs) - 1)
     crops.append(Crop(where.top // stride, where.left // stride, ay.encoder // stride, ax.encoder // stride))
@@ -178,17 +181,15 @@ def _bands(span: Span, rows: int) -> Iterator[Span]:
         yield Span(start, min(span.stop, start + rows))
 
 
-def _resize_band(y: Tensor, rows: Span, last_rows: Span, cols: AxisPlan, axes: tuple[_Axis, _Axis]) -> Tensor:
-    """The output rows ``rows`` (all of ``cols.out``) from the last step's rows ``last_rows`` x ``cols.last``."""
+def _finish_band(y: Tensor, rows: Span, last_rows: Span, cols: AxisPlan, axes: tuple[_Axis, _Axis], out: Tensor) -> None:
+    """Write the output rows ``rows`` (all of ``cols.out``) into ``out`` from the last step's rows
+    ``last_rows`` x ``cols.last``: resized to ``output_size`` with the whole map's taps, or copied."""
     ay, ax = axes
-    if ax.out_taps is not None and cols.out == Span(0, ax.out_size) and cols.last == Span(0, ax.level(ax.steps)):
-        # a band as wide as the map: PyTorch's own resize of the width (it skips the unchanged height)
-        y = F.interpolate(y, size=(y.shape[-2], ax.out_size), mode="bilinear", align_corners=False, antialias=True)
-    elif ax.out_taps is not None:
-        y = resample(y, rows=None, cols=(ax.out_taps, cols.out, cols.last.start))
-    if ay.out_taps is not None:
-        return resample(y, rows=(ay.out_taps, rows, last_rows.start), cols=None)
-    return y[..., rows.slice(last_rows.start), :]
+    row_resize = None if ay.out_resize is None else (ay.out_resize, rows, last_rows.start)
+    col_resize = None if ax.out_resize is None else (ax.out_resize, cols.out, cols.last.start)
+    if row_resize is None:
+        y = y[..., rows.slice(last_rows.start), :]
+    resample(y, row_resize, col_resize, out=out)
 
 
 def _run(model: "UPLiFT", image: Tensor, features: Tensor, axes: tuple[_Axis, _Axis], rows: AxisPlan,
@@ -202,26 +203,24 @@ def _run(model: "UPLiFT", image: Tensor, features: Tensor, axes: tuple[_Axis, _A
         crop = Crop(rows.inputs[k - 1].start, cols.inputs[k - 1].start, ay.level(k - 1), ax.level(k - 1))
         x = model.step(x, encoder_outputs, crop, encoder_crops, noise, out=(rows.inputs[k], cols.inputs[k]))
     low = Crop(rows.inputs[-1].start, cols.inputs[-1].start, ay.level(ay.steps - 1), ax.level(ay.steps - 1))
+    decoded = model.decoder.low(x, encoder_outputs, low, encoder_crops, noise)  # once, not per band
     out: Optional[Tensor] = None
     for band in _bands(rows.out, max(1, band_pixels // len(cols.out))):
-        last = band if ay.out_taps is None else ay.out_taps.footprint(band)
-        reads = model.step_input_span(last, low.height)
-        crop = Crop(reads.start, low.left, low.height, low.width)
-        y = model.step(x[..., reads.slice(low.top), :], encoder_outputs, crop, encoder_crops, noise,
-                       out=(last, cols.last))
-        y = _resize_band(y, band, last, cols, axes)
+        last = band if ay.out_resize is None else footprint(ay.out_resize, band)
+        y = model.step(x, encoder_outputs, low, encoder_crops, noise, out=(last, cols.last), decoded=decoded)
         if out is None:
             fmt_out = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
             out = torch.empty((*y.shape[:2], len(rows.out), len(cols.out)), dtype=y.dtype, device=y.device,
                               memory_format=fmt_out)
-        out[..., band.slice(rows.out.start), :] = y
+        _finish_band(y, band, last, cols, axes, out[..., band.slice(rows.out.start), :])
     return out
 
 
 def _axes(model: "UPLiFT", image: Tensor, features: Tensor, steps: int,
           output_size: Optional[Sequence[int]]) -> tuple[_Axis, _Axis]:
     out = (None, None) if output_size is None else tuple(output_size)
-    return tuple(_Axis(features.shape[d], steps, model.config.native_steps, image.shape[d], out[i])
+    wide = features.dtype == torch.float64
+    return tuple(_Axis(features.shape[d], steps, model.config.native_steps, image.shape[d], out[i], wide)
                  for i, d in enumerate((-2, -1)))  # type: ignore[return-value]
 
 

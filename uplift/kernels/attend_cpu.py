@@ -21,7 +21,7 @@ __all__ = ["attend_bands", "BAND_BYTES"]
 Offsets = tuple[tuple[int, int], ...]
 
 #: Output bytes per band: a few bands of this size fit the L2 cache of a server core.
-BAND_BYTES = 1 << 20
+BAND_BYTES = 1 << 23
 
 
 def _band_rows(row_bytes: int, total: int) -> int:
@@ -51,15 +51,15 @@ def _forward(weights: Tensor, vpad: Tensor, offsets: Offsets, scale: int) -> Ten
     dtype = torch.promote_types(weights.dtype, vpad.dtype)
     out = torch.empty((b, h, scale, w, scale, c), dtype=dtype, device=vpad.device)
     rows = _band_rows(scale * w_out * c * out.element_size(), h)
+    # per offset, the shifted values broadcast over each cell and the offset's weights, as views
+    terms = [values[:, r + dy : r + dy + h, r + dx : r + dx + w][:, :, None, :, None, :] for dy, dx in offsets]
+    weights_k = [cells[..., k : k + 1] for k in range(n)]
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
-        band, band_cells = out[:, y0:y1], cells[:, y0:y1]
-        for k, (dy, dx) in enumerate(offsets):
-            term = values[:, r + dy + y0 : r + dy + y1, r + dx : r + dx + w][:, :, None, :, None, :]
-            if k == 0:
-                torch.mul(term, band_cells[..., k : k + 1], out=band)
-            else:
-                band.addcmul_(term, band_cells[..., k : k + 1])
+        band = out[:, y0:y1]
+        torch.mul(terms[0][:, y0:y1], weights_k[0][:, y0:y1], out=band)
+        for term, weight in zip(terms[1:], weights_k[1:]):
+            band.addcmul_(term[:, y0:y1], weight[:, y0:y1])
     return out.view(b, h_out, w_out, c).permute(0, 3, 1, 2)
 
 
