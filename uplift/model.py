@@ -19,7 +19,8 @@ from uplift.attender import LocalAttender, attend_padded, neighbourhood_radius, 
 from uplift.blocks import BlockGroup, UpBlock, check_patch_multiple
 from uplift.config import UPLiFTConfig
 from uplift.noise import Noise
-from uplift.resample import Crop, Resize, Span, footprint, nearest_crop
+from uplift.resample import Crop, Span, nearest_crop
+from uplift.tiling import Reach, attend_span, step_input_span
 
 if TYPE_CHECKING:
     from uplift.tiling import Box
@@ -38,13 +39,6 @@ def _append_noise(x: Tensor, channels: int, scale: float, noise: Optional[Noise]
     noise = noise if noise is not None else Noise.draw()
     sample = noise.sample(x.shape[0], channels, crop, tuple(x.shape[-2:]), stage, x.dtype, x.device)
     return torch.cat([x, sample * scale], dim=1)
-
-
-def _attend_span(span: Span, reach: int, size: int) -> Span:
-    """The attender's output rows for the step's output rows ``span``: the refiner's ``reach`` more on
-    each side, rounded out to whole 2x2 cells, within the map's ``size``."""
-    span = span.grow(reach)
-    return Span(span.start - span.start % 2, span.stop + span.stop % 2).clip(size)
 
 
 def _whole(crop: Crop, x: Tensor, scale: int = 1) -> Window:
@@ -145,6 +139,7 @@ class UPLiFT(nn.Module):
         self.decoder = Decoder(config, self.encoder.out_channels)
         self.attender = LocalAttender(self.decoder.out_channels, config.neighbourhood)
         self.is_fast = False  # set by uplift.fast.make_fast
+        self.reach = Reach.of(config)  # receptive field of every stage, for tiling
         # encoder outputs the decoder and refiner read (Python indices, may be negative)
         self.encoder_reads = {-1, -2} | ({config.refiner.encoder_group} if config.refiner is not None else set())
         self.refiner: Optional[BlockGroup] = None
@@ -174,23 +169,10 @@ class UPLiFT(nn.Module):
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
         return self.encoder(image)
 
-    @property
-    def _refiner_reach(self) -> int:
-        return 0 if self.refiner is None else self.refiner.radius
-
     def step_input_span(self, out: Span, low_size: int) -> Span:
-        """The input rows (or columns) that :meth:`step` needs on a crop to return output rows ``out``
-        exactly: what the attender reads, plus what the decoder reads through its convolutions, the
-        2x up-block and the refiner. ``low_size``: the whole input map's height (or width)."""
-        high = 2 * low_size
-        att = _attend_span(out, self._refiner_reach, high)
-        up = att.grow(self.decoder.block_1.radius).clip(high)
-        read = up.halved()
-        for wide in (False, True):  # the residual's taps in float32 and float64 arithmetic
-            read = read.hull(footprint(Resize("corners", low_size, high, wide), up))
-        decoder = read.grow(self.decoder.block_0.radius).clip(low_size)
-        values = att.halved().grow(neighbourhood_radius(self.attender.offsets)).clip(low_size)
-        return decoder.hull(values)
+        """The input rows (or columns) :meth:`step` needs on a crop for output rows ``out`` (see
+        :func:`uplift.tiling.step_input_span`); ``low_size``: the whole input map's size."""
+        return step_input_span(self.reach, out, low_size)
 
     def step(self, features: Tensor, encoder_outputs: list[Tensor], crop: Optional[Crop] = None,
              encoder_crops: Optional[list[Crop]] = None, noise: Optional[Noise] = None,
@@ -209,7 +191,7 @@ class UPLiFT(nn.Module):
         whole = _whole(crop, features, 2)
         rows, cols = whole if out is None else out
         ref = self.config.refiner
-        att_rows, att_cols = _attend_span(rows, self._refiner_reach, high.height), _attend_span(cols, self._refiner_reach, high.width)
+        att_rows, att_cols = attend_span(rows, self.reach.refiner, high.height), attend_span(cols, self.reach.refiner, high.width)
         if decoded is None:
             decoded = self.decoder.low(features, encoder_outputs, crop, encoder_crops, noise)
         guide = self.decoder.high(decoded, encoder_outputs, crop, encoder_crops, noise, (att_rows, att_cols))

@@ -50,8 +50,8 @@ class Span(NamedTuple):
     def __len__(self) -> int:  # type: ignore[override]
         return self.stop - self.start
 
-    def grow(self, before: int, after: Optional[int] = None) -> "Span":
-        return Span(self.start - before, self.stop + (before if after is None else after))
+    def grow(self, by: int) -> "Span":
+        return Span(self.start - by, self.stop + by)
 
     def clip(self, size: int) -> "Span":
         return Span(max(0, self.start), min(size, self.stop))
@@ -59,7 +59,7 @@ class Span(NamedTuple):
     def hull(self, other: "Span") -> "Span":
         return Span(min(self.start, other.start), max(self.stop, other.stop))
 
-    def slice(self, origin: int = 0) -> slice:
+    def slice(self, origin: int) -> slice:
         """The slice of this span in a tensor whose first index is ``origin``."""
         return slice(self.start - origin, self.stop - origin)
 
@@ -193,7 +193,6 @@ class Resize(NamedTuple):
         return build(self.n_in, self.n_out, self.wide)
 
 
-@torch.compiler.assume_constant_result
 def footprint(resize: Resize, out: Span) -> Span:
     """The input indices that the outputs ``out`` of ``resize`` read."""
     return resize.taps.footprint(out)
@@ -215,7 +214,7 @@ class _Pick(NamedTuple):
 def _pick(index: tuple[int, ...]) -> _Pick:
     step = index[1] - index[0] if len(index) > 1 else 1
     if step >= 1 and all(b - a == step for a, b in zip(index, index[1:])):
-        return _Pick(index[0], step, len(index))
+        return _Pick(index[0], step, len(index), None)
     return _Pick(0, 0, len(index), index)
 
 
@@ -263,12 +262,19 @@ class _AxisPlan(NamedTuple):
     crop_count: int
     period: tuple[int, int]
     runs: Optional[tuple[_Run, ...]]  # strided passes, or None: gather
-    gather: tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]  # (local index, weight) per tap
+    gather: tuple[tuple[_Pick, tuple[float, ...]], ...]  # (local indices, weights) per tap
 
 
 @torch.compiler.assume_constant_result
-def _axis_plan(resize: Resize, out: Span, origin: int, size: int, clamp: bool) -> _AxisPlan:
-    """How to compute outputs ``out`` from a crop of ``size`` inputs starting at ``origin``."""
+def _axis_plan(kind: str, n_in: int, n_out: int, wide: bool, start: int, stop: int, origin: int, size: int,
+               clamp: bool) -> _AxisPlan:
+    """How to compute outputs ``start:stop`` from a crop of ``size`` inputs starting at ``origin``
+    (primitive arguments only: it is a constant for ``torch.compile``)."""
+    return _axis_plan_cached(Resize(kind, n_in, n_out, wide), Span(start, stop), origin, size, clamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_plan_cached(resize: Resize, out: Span, origin: int, size: int, clamp: bool) -> _AxisPlan:
     taps = resize.taps
     reads = taps.footprint(out).clip(origin + size)
     start = max(reads.start, origin)
@@ -295,18 +301,27 @@ def _axis_plan(resize: Resize, out: Span, origin: int, size: int, clamp: bool) -
             runs.append(_Run(first, len(segment), run_taps))
             segment = [j]
     strided = len(runs) <= 8 * len(taps.index[0])  # a short period (e.g. 512 -> 448 px): a few strided passes
-    gather = tuple((tuple(idx[t] for idx in index), tuple(w[t] for w in weight))
+    gather = tuple((_pick(tuple(idx[t] for idx in index)), tuple(w[t] for w in weight))
                    for t in range(len(index[0])) if t == 0 or any(w[t] for w in weight))
     return _AxisPlan(start - origin, count, taps.period, tuple(runs) if strided else None, () if strided else gather)
 
 
+def _mul_into(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out[...] = a * b`` with no temporary (``torch.compile`` cannot trace ``out=`` into a view)."""
+    if torch.compiler.is_compiling():
+        out.copy_(a * b)
+    else:
+        torch.mul(a, b, out=out)
+
+
 def _strided(x: Tensor, dim: int, start: int, step: int, count: int) -> Tensor:
-    return _apply_pick(x, dim, _Pick(start, step, count))
+    return _apply_pick(x, dim, _Pick(start, step, count, None))
 
 
 def _resample_axis(x: Tensor, dim: int, resize: Resize, out: Span, origin: int, clamp: bool,
                    dst: Optional[Tensor] = None) -> Tensor:
-    plan = _axis_plan(resize, out, origin, x.shape[dim], clamp)
+    plan = _axis_plan(resize.kind, resize.n_in, resize.n_out, resize.wide, out.start, out.stop, origin,
+                      x.shape[dim], clamp)
     x = x.narrow(dim, plan.crop_start, plan.crop_count)
     # work in the memory order of x (rows of W*C, or C contiguous values, for channels-last maps)
     channels_last = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
@@ -332,13 +347,13 @@ def _resample_axis(x: Tensor, dim: int, resize: Resize, out: Span, origin: int, 
             for k, (src0, values) in enumerate(run.taps):
                 source = _strided(view, axis, src0, p, run.count)
                 if k == 0:
-                    torch.mul(source, weights(values), out=target)
+                    _mul_into(source, weights(values), target)
                 else:
                     target.addcmul_(source, weights(values))
     else:  # no useful period (e.g. the align_corners residual): gather each tap
         acc = None
-        for index, values in plan.gather:
-            term = _apply_pick(view, axis, _pick(index))
+        for pick, values in plan.gather:
+            term = _apply_pick(view, axis, pick)
             acc = term * weights(values) if acc is None else acc.addcmul_(term, weights(values))
         result.copy_(acc)
     return result.permute(0, 3, 1, 2) if channels_last else result
@@ -354,7 +369,9 @@ def resample(x: Tensor, rows: Optional[tuple[Resize, Span, int]], cols: Optional
     tensor of the result's shape to write it into (e.g. a slice of a larger output).
     """
     if rows is not None:  # first keep only the rows that the wanted rows read
-        plan = _axis_plan(*rows, x.shape[-2], clamp)
+        resize, span, origin = rows
+        plan = _axis_plan(resize.kind, resize.n_in, resize.n_out, resize.wide, span.start, span.stop, origin,
+                          x.shape[-2], clamp)
         x = x.narrow(-2, plan.crop_start, plan.crop_count)
         rows = (rows[0], rows[1], rows[2] + plan.crop_start)
     if cols is not None:

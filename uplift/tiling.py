@@ -18,25 +18,31 @@ along), and the last step runs in row bands written straight into the output (or
 largest temporary is one band.
 
 :func:`upsample` is what ``model(..., tile=T)`` and the fast model call; :func:`iter_tiles` yields the
-tiles one by one for consumers that never hold the whole output.
+tiles one by one for consumers that never hold the whole output. All the geometry of a call (every
+span of every tile and band) is worked out first, in plain Python (:func:`plan_call`, a constant for
+``torch.compile``); the execution only follows it.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, NamedTuple, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from uplift.attender import NEIGHBOURHOODS, neighbourhood_radius
+from uplift.blocks import conv_radius
 from uplift.noise import Noise
 from uplift.resample import Crop, Resize, Span, footprint, nearest_index, resample
 
 if TYPE_CHECKING:
+    from uplift.config import UPLiFTConfig
     from uplift.model import UPLiFT
 
-__all__ = ["Box", "AxisPlan", "halo", "iter_tiles", "plan_axis", "upsample"]
+__all__ = ["AxisPlan", "Box", "CallPlan", "Reach", "attend_span", "halo", "iter_tiles", "plan_call",
+           "step_input_span", "upsample"]
 
 #: Output pixels per band of the last step: bands of this size stay in the CPU's caches.
 BAND_PIXELS = 1 << 14
@@ -65,6 +71,59 @@ class Box:
         return slice(self.top, self.bottom), slice(self.left, self.right)
 
 
+class Reach(NamedTuple):
+    """How far each stage reads around a pixel, in pixels of its own resolution: the receptive field of
+    a model, from its configuration (:meth:`of`)."""
+
+    decoder_low: int  # the decoder's 3x3 convolutions at a step's input resolution
+    decoder_high: int  # ... at its output resolution
+    refiner: int
+    attender: int  # the neighbourhood's radius, in input tokens
+    encoder: int  # all encoder groups' 3x3 convolutions, in encoder pixels
+    native: int  # log2 of the encoder's pixels per feature token
+    strided_last: bool  # the last encoder group is one single-conv block (evaluable at a stride)
+    refiner_reads_last: bool  # the refiner's guide is the last encoder group
+
+    @classmethod
+    def of(cls, config: "UPLiFTConfig") -> "Reach":
+        def radius(group) -> int:
+            return len(group.widths) * conv_radius(group.block)
+
+        ref, last = config.refiner, config.encoder[-1]
+        return cls(
+            decoder_low=radius(config.decoder_low),
+            decoder_high=radius(config.decoder_high),
+            refiner=0 if ref is None else len(ref.widths) * conv_radius("single"),
+            attender=neighbourhood_radius(NEIGHBOURHOODS[config.neighbourhood]),
+            encoder=sum(radius(group) for group in config.encoder),
+            native=config.native_steps,
+            strided_last=len(last.widths) == 1 and last.block == "single",
+            refiner_reads_last=ref is not None and ref.encoder_group in (-1, len(config.encoder) - 1),
+        )
+
+
+def attend_span(span: Span, refiner: int, size: int) -> Span:
+    """The attender's output rows for a step's output rows ``span``: the refiner's reach more on each
+    side, rounded out to whole 2x2 cells, within the map's ``size``."""
+    span = span.grow(refiner)
+    return Span(span.start - span.start % 2, span.stop + span.stop % 2).clip(size)
+
+
+def step_input_span(reach: Reach, out: Span, low_size: int) -> Span:
+    """The input rows (or columns) that :meth:`UPLiFT.step` needs on a crop to return output rows ``out``
+    exactly: what the attender reads, plus what the decoder reads through its convolutions, the 2x
+    up-block and the refiner. ``low_size``: the whole input map's height (or width)."""
+    high = 2 * low_size
+    att = attend_span(out, reach.refiner, high)
+    up = att.grow(reach.decoder_high).clip(high)
+    read = up.halved()
+    for wide in (False, True):  # the up-block residual's taps, in float32 and float64 arithmetic
+        read = read.hull(footprint(Resize("corners", low_size, high, wide), up))
+    decoder = read.grow(reach.decoder_low).clip(low_size)
+    values = att.halved().grow(reach.attender).clip(low_size)
+    return decoder.hull(values)
+
+
 class _Axis(NamedTuple):
     """The whole maps' sizes along one axis for one call."""
 
@@ -72,8 +131,8 @@ class _Axis(NamedTuple):
     steps: int
     native: int  # log2 of the encoder's pixels per token
     image: int  # image pixels
-    output: Optional[int]  # output_size, or None for the last step's size
-    wide: bool = False  # float64 maps (PyTorch then resamples in float64 arithmetic)
+    output: int  # output_size, or 0 for the last step's size
+    wide: bool  # float64 maps (PyTorch then resamples in float64 arithmetic)
 
     def level(self, k: int) -> int:
         """Size of the input of step ``k + 1`` (``level(0)``: the feature grid; ``level(steps)``: the last output)."""
@@ -91,13 +150,13 @@ class _Axis(NamedTuple):
     @property
     def out_resize(self) -> Optional[Resize]:
         """The last step -> ``output_size`` resize."""
-        if self.output is None or self.output == self.level(self.steps):
+        if not self.output or self.output == self.level(self.steps):
             return None
         return Resize("aa", self.level(self.steps), self.output, self.wide)
 
     @property
     def out_size(self) -> int:
-        return self.level(self.steps) if self.output is None else self.output
+        return self.output or self.level(self.steps)
 
 
 class AxisPlan(NamedTuple):
@@ -108,19 +167,16 @@ class AxisPlan(NamedTuple):
     inputs: tuple[Span, ...]  # inputs[k]: rows of step k + 1's input read (inputs[0]: feature tokens)
     encoder: Span  # encoder-resolution pixels computed (whole tokens)
     image: Span  # image pixels read
+    bands: tuple[tuple[Span, Span], ...]  # the last step in bands: (output rows, last-step rows)
 
 
-def _encoder_radius(model: "UPLiFT") -> int:
-    return sum(getattr(model.encoder, f"block_{i}").radius for i in range(len(model.encoder.out_channels)))
-
-
-@torch.compiler.assume_constant_result
-def plan_axis(model: "UPLiFT", axis: _Axis, out: Span) -> AxisPlan:
+def _plan_axis(reach: Reach, axis: _Axis, out: Span, band: int) -> AxisPlan:
     """Walk back from output rows ``out`` to the spans every stage must compute (see the module doc)."""
-    last = out if axis.out_resize is None else footprint(axis.out_resize, out)
-    inputs = [model.step_input_span(last, axis.level(axis.steps - 1))]
+    resize = axis.out_resize
+    last = out if resize is None else footprint(resize, out)
+    inputs = [step_input_span(reach, last, axis.level(axis.steps - 1))]
     for k in range(axis.steps - 1, 0, -1):
-        inputs.insert(0, model.step_input_span(inputs[0], axis.level(k - 1)))
+        inputs.insert(0, step_input_span(reach, inputs[0], axis.level(k - 1)))
     read: Optional[Span] = None  # encoder pixels under the guides of every step, at both its resolutions
     for k, span in enumerate(inputs):
         for level, rows in ((k, span), (k + 1, Span(2 * span.start, 2 * span.stop))):
@@ -128,47 +184,78 @@ def plan_axis(model: "UPLiFT", axis: _Axis, out: Span) -> AxisPlan:
             touched = Span(min(index), max(index) + 1)
             read = touched if read is None else read.hull(touched)
     token = 1 << axis.native  # whole tokens, so that a strided last encoder group stays aligned
-    grown = read.grow(_encoder_radius(model))
+    grown = read.grow(reach.encoder)
     encoder = Span(grown.start // token * token, -(-grown.stop // token) * token).clip(axis.encoder)
     image = encoder if axis.pre_resize is None else footprint(axis.pre_resize, encoder)
-    return AxisPlan(out, last, tuple(inputs), encoder, image)
+    bands = []
+    for start in range(out.start, out.stop, band):
+        rows = Span(start, min(out.stop, start + band))
+        bands.append((rows, rows if resize is None else footprint(resize, rows)))
+    return AxisPlan(out, last, tuple(inputs), encoder, image, tuple(bands))
+
+
+def _last_stride(reach: Reach, axis: _Axis) -> int:
+    """Stride at which the decoder (and refiner) read the last encoder group: it is evaluated only there
+    when it is one single-conv block and nothing reads it at the encoder's resolution."""
+    finest = axis.steps if reach.refiner_reads_last else axis.steps - 1
+    stride = axis.encoder // axis.level(finest) if finest <= axis.native else 1
+    return stride if reach.strided_last else 1
+
+
+class CallPlan(NamedTuple):
+    """Where everything of one call is computed: per axis, the whole sizes and each tile's spans."""
+
+    axes: tuple[_Axis, _Axis]
+    rows: tuple[AxisPlan, ...]  # one per tile row
+    cols: tuple[AxisPlan, ...]  # one per tile column
+    stride: int  # of the last encoder group
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return self.axes[0].out_size, self.axes[1].out_size
+
+
+@functools.lru_cache(maxsize=32)
+def _plan_call_cached(reach: Reach, sizes: tuple[int, ...], steps: int, wide: bool, tile: int, band_pixels: int) -> CallPlan:
+    grid_h, grid_w, image_h, image_w, out_h, out_w = sizes
+    axes = (_Axis(grid_h, steps, reach.native, image_h, out_h, wide), _Axis(grid_w, steps, reach.native, image_w, out_w, wide))
+    plans = []
+    for axis in axes:
+        tokens = [0, axis.grid] if not tile else [*range(0, axis.grid, tile), axis.grid]
+        edges = [t * axis.out_size // axis.grid for t in tokens]  # the output's share of the token tiles
+        plans.append(edges)
+    band = max(1, band_pixels // max(b - a for a, b in zip(plans[1], plans[1][1:])))
+    rows = tuple(_plan_axis(reach, axes[0], Span(a, b), band) for a, b in zip(plans[0], plans[0][1:]))
+    cols = tuple(_plan_axis(reach, axes[1], Span(a, b), max(b - a, 1)) for a, b in zip(plans[1], plans[1][1:]))
+    return CallPlan(axes, rows, cols, min(_last_stride(reach, axes[0]), _last_stride(reach, axes[1])))
+
+
+@torch.compiler.assume_constant_result
+def plan_call(reach: Reach, grid_h: int, grid_w: int, image_h: int, image_w: int, out_h: int, out_w: int,
+              steps: int, wide: bool, tile: int, band_pixels: int) -> CallPlan:
+    """The :class:`CallPlan` of a call (``out_h``/``out_w`` 0: no ``output_size``; ``tile`` 0: untiled)."""
+    return _plan_call_cached(reach, (grid_h, grid_w, image_h, image_w, out_h, out_w), steps, wide, tile, band_pixels)
 
 
 def halo(model: "UPLiFT", steps: Optional[int] = None) -> int:
     """Feature tokens of context a tile reads beyond its own on each side (inside a large image)."""
     steps = model.config.native_steps if steps is None else steps
     grid = 64 + 16 * steps  # far enough from the borders for the reach of any released configuration
-    axis = _Axis(grid, steps, model.config.native_steps, grid * model.patch_size, None)
+    axis = _Axis(grid, steps, model.reach.native, grid * model.patch_size, 0, False)
     mid = grid // 2 << steps
-    plan = plan_axis(model, axis, Span(mid, mid + (1 << steps)))
+    plan = _plan_axis(model.reach, axis, Span(mid, mid + (1 << steps)), 1 << steps)
     return max(grid // 2 - plan.inputs[0].start, plan.inputs[0].stop - grid // 2 - 1)
 
 
-def _last_stride(model: "UPLiFT", axis: _Axis) -> int:
-    """Stride at which the decoder reads the last encoder group: 2^(native - steps + 1) if it never
-    reads it at the encoder's resolution and the group is one single-conv block (else 1)."""
-    last = getattr(model.encoder, f"block_{len(model.encoder.out_channels) - 1}")
-    ref = model.config.refiner
-    finest = axis.steps if ref is not None and ref.encoder_group in (-1, len(model.encoder.out_channels) - 1) else axis.steps - 1
-    stride = axis.encoder // axis.level(finest) if finest <= axis.native else 1
-    one_single_block = len(last.blocks) == 1 and last.blocks[0].kind == "single"
-    return stride if stride > 1 and one_single_block else 1
-
-
-def _encode(model: "UPLiFT", image: Tensor, rows: AxisPlan, cols: AxisPlan, axes: tuple[_Axis, _Axis],
-            fmt: torch.memory_format) -> tuple[list[Tensor], list[Crop]]:
+def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
+            fmt: torch.memory_format) -> tuple[list[Optional[Tensor]], list[Crop]]:
     """The encoder outputs on the plan's encoder span, and where they sit (the last one maybe strided)."""
-    ay, ax = axes
-    crop = image[..., rows.image.slice(), cols.image.slice()]
+    ay, ax = plan.axes
+    crop = image[..., rows.image.slice(0), cols.image.slice(0)]
     if ay.pre_resize is not None or ax.pre_resize is not None:
-        whole = (rows.encoder, cols.encoder) == (Span(0, ay.encoder), Span(0, ax.encoder))
-        if whole:  # exactly UPLiFT.encode_image's resize
-            crop = F.interpolate(crop, size=(ay.encoder, ax.encoder), mode="bilinear", align_corners=False,
-                                 antialias=True)
-        else:
-            crop = resample(crop, rows=None if ay.pre_resize is None else (ay.pre_resize, rows.encoder, rows.image.start),
-                            cols=None if ax.pre_resize is None else (ax.pre_resize, cols.encoder, cols.image.start))
-    stride = min(_last_stride(model, ay), _last_stride(model, ax))
+        crop = resample(crop, rows=None if ay.pre_resize is None else (ay.pre_resize, rows.encoder, rows.image.start),
+                        cols=None if ax.pre_resize is None else (ax.pre_resize, cols.encoder, cols.image.start))
+    stride = plan.stride
     outputs = model.encoder(crop.contiguous(memory_format=fmt), last_stride=stride, keep=model.encoder_reads)
     where = Crop(rows.encoder.start, cols.encoder.start, ay.encoder, ax.encoder)
     crops = [where] * (len(outputs) - 1)
@@ -176,89 +263,68 @@ def _encode(model: "UPLiFT", image: Tensor, rows: AxisPlan, cols: AxisPlan, axes
     return outputs, crops
 
 
-def _bands(span: Span, rows: int) -> Iterator[Span]:
-    for start in range(span.start, span.stop, rows):
-        yield Span(start, min(span.stop, start + rows))
-
-
-def _finish_band(y: Tensor, rows: Span, last_rows: Span, cols: AxisPlan, axes: tuple[_Axis, _Axis], out: Tensor) -> None:
-    """Write the output rows ``rows`` (all of ``cols.out``) into ``out`` from the last step's rows
-    ``last_rows`` x ``cols.last``: resized to ``output_size`` with the whole map's taps, or copied."""
-    ay, ax = axes
-    row_resize = None if ay.out_resize is None else (ay.out_resize, rows, last_rows.start)
-    col_resize = None if ax.out_resize is None else (ax.out_resize, cols.out, cols.last.start)
-    if row_resize is None:
-        y = y[..., rows.slice(last_rows.start), :]
-    resample(y, row_resize, col_resize, out=out)
-
-
-def _run(model: "UPLiFT", image: Tensor, features: Tensor, axes: tuple[_Axis, _Axis], rows: AxisPlan,
-         cols: AxisPlan, noise: Optional[Noise], band_pixels: int) -> Tensor:
+def _run(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
+         noise: Optional[Noise]) -> Tensor:
     """The output on ``rows.out`` x ``cols.out``: encoder and steps on the plan's crops, the last step in bands."""
-    ay, ax = axes
+    ay, ax = plan.axes
     fmt = torch.channels_last if model.is_fast else torch.contiguous_format
-    encoder_outputs, encoder_crops = _encode(model, image, rows, cols, axes, fmt)
-    x = features[..., rows.inputs[0].slice(), cols.inputs[0].slice()].contiguous(memory_format=fmt)
+    encoder_outputs, encoder_crops = _encode(model, image, plan, rows, cols, fmt)
+    x = features[..., rows.inputs[0].slice(0), cols.inputs[0].slice(0)].contiguous(memory_format=fmt)
     for k in range(1, ay.steps):
         crop = Crop(rows.inputs[k - 1].start, cols.inputs[k - 1].start, ay.level(k - 1), ax.level(k - 1))
         x = model.step(x, encoder_outputs, crop, encoder_crops, noise, out=(rows.inputs[k], cols.inputs[k]))
     low = Crop(rows.inputs[-1].start, cols.inputs[-1].start, ay.level(ay.steps - 1), ax.level(ay.steps - 1))
     decoded = model.decoder.low(x, encoder_outputs, low, encoder_crops, noise)  # once, not per band
     out: Optional[Tensor] = None
-    for band in _bands(rows.out, max(1, band_pixels // len(cols.out))):
-        last = band if ay.out_resize is None else footprint(ay.out_resize, band)
+    for band, last in rows.bands:
         y = model.step(x, encoder_outputs, low, encoder_crops, noise, out=(last, cols.last), decoded=decoded)
         if out is None:
             fmt_out = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
             out = torch.empty((*y.shape[:2], len(rows.out), len(cols.out)), dtype=y.dtype, device=y.device,
                               memory_format=fmt_out)
-        _finish_band(y, band, last, cols, axes, out[..., band.slice(rows.out.start), :])
+        # the band's output rows: resized to output_size with the whole map's taps, or copied
+        resample(y if ay.out_resize is not None else y[..., band.slice(last.start), :],
+                 None if ay.out_resize is None else (ay.out_resize, band, last.start),
+                 None if ax.out_resize is None else (ax.out_resize, cols.out, cols.last.start),
+                 out=out[..., band.slice(rows.out.start), :])
     return out
 
 
-def _axes(model: "UPLiFT", image: Tensor, features: Tensor, steps: int,
-          output_size: Optional[Sequence[int]]) -> tuple[_Axis, _Axis]:
-    out = (None, None) if output_size is None else tuple(output_size)
-    wide = features.dtype == torch.float64
-    return tuple(_Axis(features.shape[d], steps, model.config.native_steps, image.shape[d], out[i], wide)
-                 for i, d in enumerate((-2, -1)))  # type: ignore[return-value]
-
-
-def _boundaries(axis: _Axis, tile: Optional[int]) -> list[int]:
-    """Output indices where tiles start along an axis (tiles of ``tile`` tokens; the output's share of them)."""
-    tokens = [0, axis.grid] if tile is None else [*range(0, axis.grid, tile), axis.grid]
-    return [t * axis.out_size // axis.grid for t in tokens]
-
-
-def _iter(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, output_size: Optional[Sequence[int]],
-          tile: Optional[int], band_pixels: int) -> Iterator[tuple[Box, Tensor]]:
-    axes = _axes(model, image, features, steps, output_size)
-    noise = Noise.draw() if model.has_noise else None  # one seed for all tiles: they share the noise field
-    ys, xs = (_boundaries(axis, tile) for axis in axes)
-    for top, bottom in zip(ys, ys[1:]):
-        rows = plan_axis(model, axes[0], Span(top, bottom))
-        for left, right in zip(xs, xs[1:]):
-            cols = plan_axis(model, axes[1], Span(left, right))
-            yield Box(top, left, bottom, right), _run(model, image, features, axes, rows, cols, noise, band_pixels)
+def _plan(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, output_size: Optional[Sequence[int]],
+          tile: Optional[int], band_pixels: int) -> CallPlan:
+    out_h, out_w = (0, 0) if output_size is None else (int(output_size[0]), int(output_size[1]))
+    return plan_call(model.reach, features.shape[-2], features.shape[-1], image.shape[-2], image.shape[-1],
+                     out_h, out_w, steps, features.dtype == torch.float64, tile or 0, band_pixels)
 
 
 def iter_tiles(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, output_size: Optional[Sequence[int]],
                tile: int, band_pixels: int = BAND_PIXELS) -> Iterator[tuple[Box, Tensor]]:
     """``(box, features)`` per output tile (see :meth:`UPLiFT.iter_tiles`, which checks the inputs)."""
-    return _iter(model, image, features, steps, output_size, tile, band_pixels)
+    plan = _plan(model, image, features, steps, output_size, tile, band_pixels)
+    noise = Noise.draw() if model.has_noise else None  # one seed for all tiles: they share the noise field
+
+    def tiles() -> Iterator[tuple[Box, Tensor]]:
+        for rows in plan.rows:
+            for cols in plan.cols:
+                box = Box(rows.out.start, cols.out.start, rows.out.stop, cols.out.stop)
+                yield box, _run(model, image, features, plan, rows, cols, noise)
+
+    return tiles()
 
 
 def upsample(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, output_size: Optional[Sequence[int]],
              tile: Optional[int], band_pixels: int = BAND_PIXELS) -> Tensor:
     """The whole output, tile by tile (``tile=None``: one tile, the last step still in bands)."""
-    tiles = _iter(model, image, features, steps, output_size, tile, band_pixels)
-    if tile is None:
-        return next(tiles)[1]
+    plan = _plan(model, image, features, steps, output_size, tile, band_pixels)
+    noise = Noise.draw() if model.has_noise else None
+    if len(plan.rows) == len(plan.cols) == 1:
+        return _run(model, image, features, plan, plan.rows[0], plan.cols[0], noise)
     out: Optional[Tensor] = None
-    for box, part in tiles:
-        if out is None:
-            size = [axis.out_size for axis in _axes(model, image, features, steps, output_size)]
-            fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            out = torch.empty((*part.shape[:2], *size), dtype=part.dtype, device=part.device, memory_format=fmt)
-        out[..., box.slices[0], box.slices[1]] = part
+    for rows in plan.rows:
+        for cols in plan.cols:
+            part = _run(model, image, features, plan, rows, cols, noise)
+            if out is None:
+                fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+                out = torch.empty((*part.shape[:2], *plan.out_size), dtype=part.dtype, device=part.device, memory_format=fmt)
+            out[..., rows.out.slice(0), cols.out.slice(0)] = part
     return out
