@@ -361,25 +361,33 @@ class UPLiFT(nn.Module):
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_official(cls, weights: Union[str, Path, dict[str, Tensor]], config: Union[str, Path, dict[str, Any]]) -> "UPLiFT":
+    def from_official(cls, weights: Union[str, Path, dict[str, Tensor]], config: Union[str, Path, dict[str, Any]],
+                      fast: bool = False) -> "UPLiFT":
         """Build the model of a reference-release checkpoint: ``.safetensors`` path (or state dict)
-        and the release's YAML config (path or dict with sections ``backbone`` and ``uplift``)."""
+        and the release's YAML config (path or dict with sections ``backbone`` and ``uplift``).
+        ``fast``: return its :meth:`fast` inference copy."""
         from uplift.checkpoints import load_official
 
-        return load_official(weights, config)
+        model = load_official(weights, config)
+        return model.fast() if fast else model
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: Union[str, Path], **kwargs: Any) -> "UPLiFT":
+    def from_pretrained(cls, name_or_dir: Union[str, Path], fast: bool = False, **kwargs: Any) -> "UPLiFT":
         """A released model by name (``dinov2-s14``, ``dinov3-splus16``, ``sd15-vae``; downloaded from
-        the Hugging Face hub) or a directory written by :meth:`save_pretrained`."""
+        the Hugging Face hub) or a directory written by :meth:`save_pretrained`. ``fast``: return its
+        :meth:`fast` inference copy."""
         from uplift.checkpoints import load_pretrained
 
-        return load_pretrained(name_or_dir, **kwargs)
+        model = load_pretrained(name_or_dir, **kwargs)
+        return model.fast() if fast else model
 
     def save_pretrained(self, directory: Union[str, Path]) -> Path:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
         from uplift.checkpoints import save_pretrained
 
+        if self.is_fast:
+            raise ValueError("A model made by UPLiFT.fast() has its BatchNorm folded away, so its weights are not "
+                             "a checkpoint; save the original model (fast() leaves it unchanged).")
         return save_pretrained(self, directory)
 
     def num_parameters(self) -> int:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "constant_for_compile",
     "Crop",
     "Resize",
     "Span",
@@ -39,6 +40,14 @@ __all__ = [
     "nearest_index",
     "resample",
 ]
+
+
+def constant_for_compile(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` (1-2 s) when
+    ``uplift`` is imported: that decorator only sets this attribute, which the compiler reads when it
+    traces a call (``tests/test_tiling.py`` checks that it still does). Arguments must be primitives."""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 class Span(NamedTuple):
@@ -230,7 +239,7 @@ def _check_inside(index, size: int, what: str) -> None:
         raise RuntimeError(f"internal error: a crop resampling reads {what} outside its input crop (a tiling plan bug)")
 
 
-@torch.compiler.assume_constant_result
+@constant_for_compile
 def _nearest_plan(n_in: int, n_out: int, crop_start: int, size: int, out_start: int, count: int) -> _Pick:
     index = tuple(i - crop_start for i in nearest_index(n_in, n_out)[out_start : out_start + count])
     _check_inside(index, size, "rows or columns")
@@ -265,7 +274,7 @@ class _AxisPlan(NamedTuple):
     gather: tuple[tuple[_Pick, tuple[float, ...]], ...]  # (local indices, weights) per tap
 
 
-@torch.compiler.assume_constant_result
+@constant_for_compile
 def _axis_plan(kind: str, n_in: int, n_out: int, wide: bool, start: int, stop: int, origin: int, size: int,
                clamp: bool) -> _AxisPlan:
     """How to compute outputs ``start:stop`` from a crop of ``size`` inputs starting at ``origin``

@@ -35,7 +35,7 @@ from torch import Tensor
 from uplift.attender import NEIGHBOURHOODS, neighbourhood_radius
 from uplift.blocks import conv_radius
 from uplift.noise import Noise
-from uplift.resample import Crop, Resize, Span, footprint, nearest_index, resample
+from uplift.resample import Crop, Resize, Span, constant_for_compile, footprint, nearest_index, resample
 
 if TYPE_CHECKING:
     from uplift.config import UPLiFTConfig
@@ -230,7 +230,7 @@ def _plan_call_cached(reach: Reach, sizes: tuple[int, ...], steps: int, wide: bo
     return CallPlan(axes, rows, cols, min(_last_stride(reach, axes[0]), _last_stride(reach, axes[1])))
 
 
-@torch.compiler.assume_constant_result
+@constant_for_compile
 def plan_call(reach: Reach, grid_h: int, grid_w: int, image_h: int, image_w: int, out_h: int, out_w: int,
               steps: int, wide: bool, tile: int, band_pixels: int) -> CallPlan:
     """The :class:`CallPlan` of a call (``out_h``/``out_w`` 0: no ``output_size``; ``tile`` 0: untiled)."""
