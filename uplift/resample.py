@@ -332,8 +332,9 @@ def _resample_axis(x: Tensor, dim: int, resize: Resize, out: Span, origin: int, 
     plan = _axis_plan(resize.kind, resize.n_in, resize.n_out, resize.wide, out.start, out.stop, origin,
                       x.shape[dim], clamp)
     x = x.narrow(dim, plan.crop_start, plan.crop_count)
-    # work in the memory order of x (rows of W*C, or C contiguous values, for channels-last maps)
-    channels_last = x.dim() == 4 and x.shape[1] > 1 and x.is_contiguous(memory_format=torch.channels_last)
+    # work in the memory order of x (C contiguous values per pixel for channels-last maps and their crops),
+    # and give the result that order too: mixing orders makes every later elementwise operation slow
+    channels_last = x.dim() == 4 and x.shape[1] > 1 and x.stride(1) == 1
     view, axis = (x.permute(0, 2, 3, 1), {-2: 1, -1: 2}[dim]) if channels_last else (x, dim % x.dim())
     shape = list(view.shape)
     shape[axis] = len(out)

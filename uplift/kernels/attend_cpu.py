@@ -21,7 +21,7 @@ __all__ = ["attend_bands", "BAND_BYTES"]
 Offsets = tuple[tuple[int, int], ...]
 
 #: Output bytes per band: a few bands of this size fit the L2 cache of a server core.
-BAND_BYTES = 1 << 23
+BAND_BYTES = 1 << 21
 
 
 def _band_rows(row_bytes: int, total: int) -> int:
