@@ -37,8 +37,12 @@ reproduce-table3: install  ## Table 3: SD1.5 512 -> UPLiFT 1024 on reLAION-5k pr
 reproduce-table4: install  ## Table 4: 256 -> 1024 super-resolution, FacesHQ + LHQ -> results/table4.md (SCALE=tiny: pipeline test)
 	$(PY) -m uplift.evaluation.superres --scale $(SCALE) --config configs/sr_faceshq.yaml --config configs/sr_lhq.yaml $(ARGS)
 
-bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
-	$(PY) bench/local_attender.py
+BASELINE ?=
+
+bench: install  ## Local Attender kernels, then time/memory vs tokens (448 px and a 256..2048 px sweep) -> bench/results/ (BASELINE=<dir with the old uplift package> adds 'before')
+	$(PY) bench/local_attender.py $(ARGS)
+	$(PY) bench/scaling.py --preset dinov2-s14 --sizes 448 --tile 16 $(if $(BASELINE),--baseline $(BASELINE)) $(ARGS)
+	$(PY) bench/scaling.py $(if $(BASELINE),--baseline $(BASELINE)) $(ARGS)
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -282,7 +282,7 @@ def _axis_plan(kind: str, n_in: int, n_out: int, wide: bool, start: int, stop: i
     return _axis_plan_cached(Resize(kind, n_in, n_out, wide), Span(start, stop), origin, size, clamp)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def _axis_plan_cached(resize: Resize, out: Span, origin: int, size: int, clamp: bool) -> _AxisPlan:
     taps = resize.taps
     reads = taps.footprint(out).clip(origin + size)

@@ -44,8 +44,12 @@ if TYPE_CHECKING:
 __all__ = ["AxisPlan", "Box", "CallPlan", "Reach", "attend_span", "halo", "iter_tiles", "plan_call",
            "step_input_span", "upsample"]
 
-#: Output pixels per band of the last step: bands of this size stay in the CPU's caches.
+#: Output pixels per band of the last step (bands of this size stay in the CPU's caches), but at least
+#: ``BAND_ROWS`` rows: each band recomputes a few rows of the decoder around it.
 BAND_PIXELS = 1 << 14
+BAND_ROWS = 32
+#: Encoder-resolution pixels per band of the encoder (a 512 x 512 image is one band).
+ENCODER_BAND_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ class AxisPlan(NamedTuple):
     last: Span  # rows of the last step's output computed (before the resize to output_size)
     inputs: tuple[Span, ...]  # inputs[k]: rows of step k + 1's input read (inputs[0]: feature tokens)
     encoder: Span  # encoder-resolution pixels computed (whole tokens)
+    fine: Span  # ... of which the steps at full encoder resolution read (empty: none; the rest at stride 2)
     image: Span  # image pixels read
     bands: tuple[tuple[Span, Span], ...]  # the last step in bands: (output rows, last-step rows)
 
@@ -178,11 +183,14 @@ def _plan_axis(reach: Reach, axis: _Axis, out: Span, band: int) -> AxisPlan:
     for k in range(axis.steps - 1, 0, -1):
         inputs.insert(0, step_input_span(reach, inputs[0], axis.level(k - 1)))
     read: Optional[Span] = None  # encoder pixels under the guides of every step, at both its resolutions
+    fine: Optional[Span] = None  # ... of the steps whose output is at (or beyond) the encoder's resolution
     for k, span in enumerate(inputs):
         for level, rows in ((k, span), (k + 1, Span(2 * span.start, 2 * span.stop))):
             index = nearest_index(axis.encoder, axis.level(level))[rows.start : rows.stop]
             touched = Span(min(index), max(index) + 1)
             read = touched if read is None else read.hull(touched)
+            if k + 1 >= axis.native:
+                fine = touched if fine is None else fine.hull(touched)
     token = 1 << axis.native  # whole tokens, so that a strided last encoder group stays aligned
     grown = read.grow(reach.encoder)
     encoder = Span(grown.start // token * token, -(-grown.stop // token) * token).clip(axis.encoder)
@@ -191,7 +199,7 @@ def _plan_axis(reach: Reach, axis: _Axis, out: Span, band: int) -> AxisPlan:
     for start in range(out.start, out.stop, band):
         rows = Span(start, min(out.stop, start + band))
         bands.append((rows, rows if resize is None else footprint(resize, rows)))
-    return AxisPlan(out, last, tuple(inputs), encoder, image, tuple(bands))
+    return AxisPlan(out, last, tuple(inputs), encoder, Span(0, 0) if fine is None else fine, image, tuple(bands))
 
 
 def _last_stride(reach: Reach, axis: _Axis) -> int:
@@ -224,7 +232,7 @@ def _plan_call_cached(reach: Reach, sizes: tuple[int, ...], steps: int, wide: bo
         tokens = [0, axis.grid] if not tile else [*range(0, axis.grid, tile), axis.grid]
         edges = [t * axis.out_size // axis.grid for t in tokens]  # the output's share of the token tiles
         plans.append(edges)
-    band = max(1, band_pixels // max(b - a for a, b in zip(plans[1], plans[1][1:])))
+    band = max(BAND_ROWS, band_pixels // max(b - a for a, b in zip(plans[1], plans[1][1:])))
     rows = tuple(_plan_axis(reach, axes[0], Span(a, b), band) for a, b in zip(plans[0], plans[0][1:]))
     cols = tuple(_plan_axis(reach, axes[1], Span(a, b), max(b - a, 1)) for a, b in zip(plans[1], plans[1][1:]))
     return CallPlan(axes, rows, cols, min(_last_stride(reach, axes[0]), _last_stride(reach, axes[1])))
@@ -247,20 +255,84 @@ def halo(model: "UPLiFT", steps: Optional[int] = None) -> int:
     return max(grid // 2 - plan.inputs[0].start, plan.inputs[0].stop - grid // 2 - 1)
 
 
+class _Encoded(NamedTuple):
+    """The encoder outputs a tile's steps read: full resolution over the plan's ``fine`` span, every
+    other pixel (stride 2) over its whole ``encoder`` span, and the last group at the plan's stride."""
+
+    fine: list[Optional[Tensor]]
+    fine_crop: Crop
+    coarse: list[Optional[Tensor]]
+    coarse_crop: Crop
+    last: Optional[Tensor]  # the last group when it is evaluated at a stride (else in fine/coarse)
+    last_crop: Crop
+
+    def for_step(self, k: int, native: int) -> tuple[list[Optional[Tensor]], list[Crop]]:
+        """The outputs and crops step ``k`` (1-based) reads: full resolution from step ``native`` on."""
+        source, crop = (self.fine, self.fine_crop) if k >= native else (self.coarse, self.coarse_crop)
+        outputs, crops = list(source), [crop] * len(source)
+        if self.last is not None:
+            outputs[-1], crops[-1] = self.last, self.last_crop
+        return outputs, crops
+
+
 def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
-            fmt: torch.memory_format) -> tuple[list[Optional[Tensor]], list[Crop]]:
-    """The encoder outputs on the plan's encoder span, and where they sit (the last one maybe strided)."""
+            fmt: torch.memory_format) -> _Encoded:
+    """The encoder on the plan's encoder span, in row bands of at most ``ENCODER_BAND_PIXELS`` pixels
+    (each with the encoder's reach of extra rows), keeping of each band only what the steps read."""
     ay, ax = plan.axes
     crop = image[..., rows.image.slice(0), cols.image.slice(0)]
     if ay.pre_resize is not None or ax.pre_resize is not None:
         crop = resample(crop, rows=None if ay.pre_resize is None else (ay.pre_resize, rows.encoder, rows.image.start),
                         cols=None if ax.pre_resize is None else (ax.pre_resize, cols.encoder, cols.image.start))
-    stride = plan.stride
-    outputs = model.encoder(crop.contiguous(memory_format=fmt), last_stride=stride, keep=model.encoder_reads)
-    where = Crop(rows.encoder.start, cols.encoder.start, ay.encoder, ax.encoder)
-    crops = [where] * (len(outputs) - 1)
-    crops.append(Crop(where.top // stride, where.left // stride, ay.encoder // stride, ax.encoder // stride))
-    return outputs, crops
+    crop = crop.contiguous(memory_format=fmt)
+    stride, token, groups = plan.stride, 1 << ay.native, len(model.encoder.out_channels)
+    keep = {i % groups for i in model.encoder_reads} - ({groups - 1} if stride > 1 else set())
+    span, fine_rows, fine_cols = rows.encoder, rows.fine, cols.fine
+    height = max(token, ENCODER_BAND_PIXELS // max(len(cols.encoder), 1) // token * token)
+    where = Crop(span.start, cols.encoder.start, ay.encoder, ax.encoder)
+    fine: list[Optional[Tensor]] = [None] * groups
+    coarse: list[Optional[Tensor]] = [None] * groups
+    last: Optional[Tensor] = None
+    margin = model.reach.encoder
+    for start in range(span.start, span.stop, height):
+        band = Span(start, min(span.stop, start + height))
+        src = band.grow(margin).clip(span.stop)
+        src = Span(max(span.start, src.start // stride * stride), src.stop)  # strided outputs stay aligned
+        outputs = model.encoder(crop[..., src.slice(span.start), :], last_stride=stride, keep=keep | {groups - 1})
+        whole = band == span  # one band: keep views, no copies
+        for i in keep:
+            y = outputs[i][..., band.slice(src.start), :]
+            parts = ((fine, fine_rows, 1, fine_cols.slice(cols.encoder.start)),
+                     (coarse, span, 2, slice(None, None, 2)))
+            for store, store_rows, step, col_slice in parts:
+                have = Span(max(band.start, store_rows.start), min(band.stop, store_rows.stop))
+                if have.stop <= have.start:
+                    continue
+                first = store_rows.start + -(-(have.start - store_rows.start) // step) * step  # on the store's grid
+                piece = y[..., first - band.start : have.stop - band.start : step, col_slice]
+                if whole:
+                    store[i] = piece
+                    continue
+                if store[i] is None:
+                    store[i] = torch.empty((*piece.shape[:2], -(-len(store_rows) // step), piece.shape[-1]),
+                                           dtype=piece.dtype, device=piece.device, memory_format=fmt)
+                offset = (first - store_rows.start) // step
+                store[i][..., offset : offset + piece.shape[-2], :] = piece
+        if stride > 1:
+            y = outputs[-1][..., (band.start - src.start) // stride : -(-(band.stop - src.start) // stride), :]
+            if whole:
+                last = y
+            else:
+                if last is None:
+                    last = torch.empty((*y.shape[:2], -(-len(span) // stride), y.shape[-1]), dtype=y.dtype,
+                                       device=y.device, memory_format=fmt)
+                offset = (band.start - span.start) // stride
+                last[..., offset : offset + y.shape[-2], :] = y
+    return _Encoded(
+        fine, Crop(fine_rows.start, fine_cols.start, ay.encoder, ax.encoder),
+        coarse, Crop(where.top // 2, where.left // 2, ay.encoder // 2, ax.encoder // 2),
+        last, Crop(where.top // stride, where.left // stride, ay.encoder // stride, ax.encoder // stride),
+    )
 
 
 def _run(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
@@ -268,11 +340,13 @@ def _run(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan, rows:
     """The output on ``rows.out`` x ``cols.out``: encoder and steps on the plan's crops, the last step in bands."""
     ay, ax = plan.axes
     fmt = torch.channels_last if model.is_fast else torch.contiguous_format
-    encoder_outputs, encoder_crops = _encode(model, image, plan, rows, cols, fmt)
+    encoded = _encode(model, image, plan, rows, cols, fmt)
     x = features[..., rows.inputs[0].slice(0), cols.inputs[0].slice(0)].contiguous(memory_format=fmt)
     for k in range(1, ay.steps):
         crop = Crop(rows.inputs[k - 1].start, cols.inputs[k - 1].start, ay.level(k - 1), ax.level(k - 1))
+        encoder_outputs, encoder_crops = encoded.for_step(k, ay.native)
         x = model.step(x, encoder_outputs, crop, encoder_crops, noise, out=(rows.inputs[k], cols.inputs[k]))
+    encoder_outputs, encoder_crops = encoded.for_step(ay.steps, ay.native)
     low = Crop(rows.inputs[-1].start, cols.inputs[-1].start, ay.level(ay.steps - 1), ax.level(ay.steps - 1))
     decoded = model.decoder.low(x, encoder_outputs, low, encoder_crops, noise)  # once, not per band
     out: Optional[Tensor] = None

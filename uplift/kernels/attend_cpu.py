@@ -20,12 +20,8 @@ __all__ = ["attend_bands", "BAND_BYTES"]
 
 Offsets = tuple[tuple[int, int], ...]
 
-#: Output bytes per band: a few bands of this size fit the L2 cache of a server core.
+#: Output bytes per band (rows of cells, and columns of them for wide maps): fits a core's L2 cache.
 BAND_BYTES = 1 << 21
-
-
-def _band_rows(row_bytes: int, total: int) -> int:
-    return max(1, min(total, BAND_BYTES // max(row_bytes, 1)))
 
 
 def _nhwc(x: Tensor) -> Tensor:
@@ -50,16 +46,20 @@ def _forward(weights: Tensor, vpad: Tensor, offsets: Offsets, scale: int) -> Ten
     cells = _cells(weights, scale)
     dtype = torch.promote_types(weights.dtype, vpad.dtype)
     out = torch.empty((b, h, scale, w, scale, c), dtype=dtype, device=vpad.device)
-    rows = _band_rows(scale * w_out * c * out.element_size(), h)
+    cell = scale * scale * c * out.element_size()  # output bytes of one low-resolution cell
+    cols = max(1, min(w, BAND_BYTES // cell))
+    rows = max(1, min(h, BAND_BYTES // (cell * cols)))
     # per offset, the shifted values broadcast over each cell and the offset's weights, as views
     terms = [values[:, r + dy : r + dy + h, r + dx : r + dx + w][:, :, None, :, None, :] for dy, dx in offsets]
     weights_k = [cells[..., k : k + 1] for k in range(n)]
     for y0 in range(0, h, rows):
-        y1 = min(h, y0 + rows)
-        band = out[:, y0:y1]
-        torch.mul(terms[0][:, y0:y1], weights_k[0][:, y0:y1], out=band)
-        for term, weight in zip(terms[1:], weights_k[1:]):
-            band.addcmul_(term[:, y0:y1], weight[:, y0:y1])
+        ys = slice(y0, min(h, y0 + rows))
+        for x0 in range(0, w, cols):
+            xs = slice(x0, min(w, x0 + cols))
+            band = out[:, ys, :, xs]
+            torch.mul(terms[0][:, ys, :, xs], weights_k[0][:, ys, :, xs], out=band)
+            for term, weight in zip(terms[1:], weights_k[1:]):
+                band.addcmul_(term[:, ys, :, xs], weight[:, ys, :, xs])
     return out.view(b, h_out, w_out, c).permute(0, 3, 1, 2)
 
 
@@ -73,7 +73,7 @@ def _backward(grad: Tensor, weights: Tensor, vpad: Tensor, offsets: Offsets, sca
     cells = _cells(weights, scale)
     grad_w = torch.empty((b, h, scale, w, scale, n), dtype=weights.dtype, device=weights.device) if need_weights else None
     grad_v = torch.zeros_like(values) if need_values else None
-    rows = _band_rows(scale * w_out * c * grad.element_size(), h)
+    rows = max(1, min(h, BAND_BYTES // (scale * w_out * c * grad.element_size())))
     for y0 in range(0, h, rows):
         y1 = min(h, y0 + rows)
         g = grad[:, y0:y1]
