@@ -56,8 +56,12 @@ reproduce-table7: install  ## Table 7: one UPLiFT per Local Attender neighbourho
 reproduce-table8: install  ## Table 8: JAFAR, AnyUp, UPLiFT on DINOv2-S/14 vs DINOv3-S+/16 -> results/table8.md (SCALE=tiny: pipeline test)
 	$(WITH_ARGS) $(PY) -m tasks.tables.table8 --scale "$$UPLIFT_MAKE_SCALE"
 
-bench: install  ## benchmark the Local Attender against the naive formulation and bilinear
-	$(PY) bench/local_attender.py
+export UPLIFT_MAKE_BASELINE := $(value BASELINE)
+
+bench: install  ## Local Attender kernels, then time/memory vs tokens (448 px, then 256..2048 px) -> bench/results/ (BASELINE=<folder with an older uplift package> adds 'before')
+	$(WITH_ARGS) $(PY) bench/local_attender.py
+	$(WITH_ARGS) $(PY) bench/scaling.py --preset dinov2-s14 --sizes 448 --tile 16 --baseline "$$UPLIFT_MAKE_BASELINE"
+	$(WITH_ARGS) $(PY) bench/scaling.py --baseline "$$UPLIFT_MAKE_BASELINE"
 
 clean:  ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -3,48 +3,36 @@
 For each low-resolution side ``S`` it builds one value map ``[1, C, S, S]`` and softmaxed attention
 weights ``[1, n, I*S, I*S]`` and measures, side by side in one run:
 
-* ``ours``     -- :func:`uplift.attender.local_attend`: accumulates one offset at a time into the
-                  output, so it never holds more than the output (plus a padded copy of the value);
+* ``bands``    -- the one-pass CPU kernel (:mod:`uplift.kernels.attend_cpu`), the default on CPU: row
+                  bands of the low-res grid, channels last, each band's ``n`` terms accumulated while it
+                  is in cache, so the output is written once;
+* ``triton``   -- the Triton kernel (:mod:`uplift.kernels.attend_triton`), the default on CUDA (CUDA runs only);
+* ``offsets``  -- the previous default: one fused multiply-add over the whole output per offset (``n``
+                  passes over the output, channels first);
 * ``naive``    -- :func:`uplift.attender.local_attend_reference`: stacks the ``n`` shifted copies and
                   broadcasts, materialising ``[1, C, n, S, I, S, I]`` (``n`` times the output);
 * ``bilinear`` -- ``F.interpolate(value, scale_factor=I, mode="bilinear")``: the cost floor of any
                   upsampler that writes an output of this size.
 
-Before measuring, it checks once per size that ``ours`` and ``naive`` agree (``torch.allclose``).
+Before measuring, it checks once per size that every method agrees with ``naive`` (``torch.allclose``).
 
 How to read it
 --------------
-``time`` is the median wall time over ``--repeats`` calls after warm-up (CUDA is synchronised).
-``peak extra`` is the memory allocated by one call beyond its inputs, including the returned output;
-``x out`` divides it by the output's size. Ours should sit near 1x the output (the output itself plus
-the padded value, ``(S + 2r)^2 / (I*S)^2`` of the output), whatever ``S`` is; the naive one at about
-``n + n/I^2 + 1`` times the output (the ``n``-fold product, the stacked shifts and the sum); bilinear
-at exactly 1x. The attention weights (``weights MB``) are an input and are not copied by either method.
-Both ``ours`` and ``naive`` do ``O(n)`` work per output element, so their time ratio shows the cost of
-the naive version's memory traffic, and ``ours/bilinear`` what the ``n``-tap pooling costs over the floor.
-
-Why peak memory is measured in a child process on CPU
------------------------------------------------------
-On CUDA the caching allocator keeps statistics: ``max_memory_allocated()`` after
-``reset_peak_memory_stats()``, minus ``memory_allocated()`` before the call. On CPU torch keeps no
-such statistics, so we read the operating system's resident-set size (RSS) instead. A process's RSS
-high-water mark only ever grows, and the parent has already run every method at every size while
-timing; so each (method, size) runs once in a fresh interpreter (this script with a hidden
-``--_probe`` flag) that warms the method up on a tiny input, builds the inputs, resets the mark
-(``/proc/self/clear_refs``), records the current RSS (``/proc/self/statm``), runs the method once
-and reports ``high-water mark - RSS before``. The mark is ``VmHWM`` from ``/proc/self/status``, not
-``getrusage(RUSAGE_SELF).ru_maxrss``: the kernel carries ``ru_maxrss`` across ``exec`` from the
-spawning process (Python spawns with ``vfork``), so in a child of this benchmark it reports the
-*parent's* peak (over 1 GB after timing the naive method), whatever the child does. A calibration
-probe that allocates a known 400 MB tensor is run first and printed, so the method checks itself.
-Its resolution is about 0.1 MB: buffers smaller than that are served from malloc's already
-resident heap and read as 0 (as in the ``--quick`` run), so read the CPU memory columns for S >= 16.
+``time`` is the median wall time over ``--repeats`` calls after warm-up (``torch.utils.benchmark.Timer``,
+which synchronises CUDA). ``peak extra`` is the memory allocated by one call beyond its inputs,
+including the returned output; ``x out`` divides it by the output's size. The one-pass kernels sit near
+1x the output (plus the padded value, ``(S + 2r)^2 / (I*S)^2`` of it, and a channels-last copy of the
+value), whatever ``S`` is; the naive one at about ``n + n/I^2 + 1`` times the output; bilinear at 1x.
+The attention weights (``weights MB``) are an input. All do ``O(n)`` work per output element, so the
+time ratios show the cost of memory traffic, and ``x bilinear`` what the ``n``-tap pooling costs over
+the floor. CPU peak memory is measured in a fresh child process per measurement (``bench/probe.py``
+explains how and why); read the CPU memory columns for S >= 16.
 
 Usage::
 
     python bench/local_attender.py                      # CPU defaults, about a minute on 2 cores
     python bench/local_attender.py --device cuda --dtype bfloat16
-    python bench/local_attender.py --quick --out /tmp/bench   # tiny smoke run (tests)
+    python bench/local_attender.py --quick --out /tmp/bench   # tiny smoke run
 """
 
 from __future__ import annotations
@@ -52,8 +40,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -63,19 +49,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
 
 try:
     import uplift  # noqa: F401
 except ImportError:  # run from a checkout without installation
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from uplift.attender import NEIGHBOURHOODS, local_attend, local_attend_reference
+from probe import CALIBRATION_BYTES, calibrate, peak_extra_bytes  # bench/probe.py (this script's folder)
 
-METHODS = ("ours", "naive", "bilinear")
+from uplift.attender import NEIGHBOURHOODS, local_attend
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}  # rtol = atol for the ours-vs-naive check
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2}  # rtol = atol for the check against naive
 MB = 1e6
-CALIBRATION_BYTES = 400_000_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,12 +78,16 @@ def make_inputs(size: int, args: argparse.Namespace, device: str) -> tuple[torch
     return value, weights
 
 
+def methods(device: str) -> tuple[str, ...]:
+    return ("bands", "triton", "offsets", "naive", "bilinear") if device.startswith("cuda") else (
+        "bands", "offsets", "naive", "bilinear")
+
+
 def method_fn(name: str, args: argparse.Namespace) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     offsets = NEIGHBOURHOODS[args.neighbourhood]
-    if name == "ours":
-        return lambda value, weights: local_attend(weights, value, offsets)
-    if name == "naive":
-        return lambda value, weights: local_attend_reference(weights, value, offsets)
+    impl = {"bands": "bands", "triton": "triton", "offsets": "offsets", "naive": "reference"}.get(name)
+    if impl is not None:
+        return lambda value, weights: local_attend(weights, value, offsets, impl=impl)
     if name == "bilinear":
         return lambda value, weights: F.interpolate(
             value, scale_factor=args.scale, mode="bilinear", align_corners=False
@@ -105,103 +96,50 @@ def method_fn(name: str, args: argparse.Namespace) -> Callable[[torch.Tensor, to
 
 
 def check_agreement(value: torch.Tensor, weights: torch.Tensor, args: argparse.Namespace) -> None:
-    """Refuse to benchmark code that is wrong: ours must equal the naive oracle."""
-    ours = method_fn("ours", args)(value, weights)
+    """Refuse to benchmark code that is wrong: every implementation must equal the naive oracle."""
     naive = method_fn("naive", args)(value, weights)
     tol = TOLERANCE[value.dtype]
-    if not torch.allclose(ours, naive, rtol=tol, atol=tol):
-        err = (ours.float() - naive.float()).abs().max().item()
-        raise AssertionError(f"local_attend and local_attend_reference disagree (max abs error {err:.3g})")
+    for name in methods(args.device):
+        if name in ("naive", "bilinear"):
+            continue
+        out = method_fn(name, args)(value, weights)
+        if not torch.allclose(out, naive, rtol=tol, atol=tol):
+            err = (out.float() - naive.float()).abs().max().item()
+            raise AssertionError(f"{name} and the naive formulation disagree (max abs error {err:.3g})")
 
 
 # --------------------------------------------------------------------------------------------------
 # Measurements
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def measure_time(fn: Callable, value: torch.Tensor, weights: torch.Tensor, repeats: int, warmup: int) -> float:
     """Median wall time in seconds of ``fn(value, weights)`` over ``repeats`` calls after ``warmup``."""
-    device = str(value.device)
     for _ in range(warmup):
         fn(value, weights)
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(value, weights)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _rss_bytes() -> int:
-    """Current resident-set size (second field of /proc/self/statm, in pages)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _peak_rss_bytes() -> int:
-    """This process's own RSS high-water mark: ``VmHWM`` from /proc/self/status.
-
-    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: that is the larger of this mark and a value the kernel
-    carries across ``exec`` from the process that spawned us (with ``vfork``, the parent's own peak),
-    so in a child of this benchmark it reads the parent's peak, not the child's, and cannot be reset.
-    """
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux; see above
-
-
-def _reset_peak_rss() -> bool:
-    """Lower the high-water mark to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    timer = Timer("fn(value, weights)", globals={"fn": fn, "value": value, "weights": weights},
+                  num_threads=torch.get_num_threads())
+    return statistics.median(timer.timeit(1).mean for _ in range(repeats))
 
 
 def _probe(spec: dict) -> dict:
     """Child-process side of :func:`measure_memory`: one call, RSS high-water mark minus RSS before."""
     torch.set_num_threads(spec["threads"])
-    args = argparse.Namespace(**spec["args"])
     if spec["method"] == "calibration":
-        run = lambda: torch.ones(CALIBRATION_BYTES // 4)  # noqa: E731  (touches every page)
-    else:
-        fn = method_fn(spec["method"], args)
-        fn(*make_inputs(2, args, "cpu"))  # warm-up: thread pool, lazy kernels, allocator arenas
-        value, weights = make_inputs(spec["size"], args, "cpu")
-        run = lambda: fn(value, weights)  # noqa: E731
-    reset = _reset_peak_rss()
-    before = _rss_bytes()
-    floor = _peak_rss_bytes() - before  # ~0 unless the mark could not be reset
-    out = run()  # kept alive until the high-water mark is read
-    extra = _peak_rss_bytes() - before
-    del out
-    return {"extra": max(extra, 0), "reset": reset, "floor": floor}
+        return calibrate()
+    args = argparse.Namespace(**spec["args"])
+    fn = method_fn(spec["method"], args)
+    fn(*make_inputs(2, args, "cpu"))  # warm-up: thread pool, lazy kernels, allocator arenas
+    value, weights = make_inputs(spec["size"], args, "cpu")
+    return peak_extra_bytes(lambda: fn(value, weights))
 
 
 def measure_memory(method: str, size: int, args: argparse.Namespace, device: str) -> int:
-    """Peak extra bytes of one call beyond its inputs (output included); see the module docstring."""
+    """Peak extra bytes of one call beyond its inputs (output included); see bench/probe.py."""
     if device.startswith("cuda"):
         value, weights = make_inputs(size, args, device)
         fn = method_fn(method, args)
         fn(value, weights)  # warm-up outside the measured window
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn(value, weights)
-        torch.cuda.synchronize(device)
-        extra = torch.cuda.max_memory_allocated(device) - before
-        del out, value, weights
-        return extra
+        return peak_extra_bytes(lambda: fn(value, weights), device)["extra"]
     spec = {"method": method, "size": size, "args": vars(args), "threads": torch.get_num_threads()}
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--_probe", json.dumps(spec)],
@@ -221,7 +159,7 @@ def measure_memory(method: str, size: int, args: argparse.Namespace, device: str
 
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
     """One row per (size, method): time, peak extra memory and their ratios."""
-    device, rows = args.device, []
+    device, rows, names = args.device, [], methods(args.device)
     if not device.startswith("cuda"):
         calibration = measure_memory("calibration", 0, args, device)
         print(
@@ -235,9 +173,9 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
         side = size * args.scale
         out_bytes = args.channels * side * side * value.element_size()
         weights_bytes = weights.numel() * weights.element_size()
-        times = {m: measure_time(method_fn(m, args), value, weights, args.repeats, warmup) for m in METHODS}
+        times = {m: measure_time(method_fn(m, args), value, weights, args.repeats, warmup) for m in names}
         del value, weights
-        for m in METHODS:
+        for m in names:
             extra = measure_memory(m, size, args, device)
             rows.append({
                 "device": device, "dtype": args.dtype, "channels": args.channels,
@@ -246,8 +184,8 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
                 "time_ms": times[m] * 1e3, "peak_extra_mb": extra / MB,
                 "output_mb": out_bytes / MB, "weights_mb": weights_bytes / MB,
                 "peak_over_output": extra / out_bytes,
-                "time_ours_over_naive": times["ours"] / times["naive"],
-                "time_ours_over_bilinear": times["ours"] / times["bilinear"],
+                "time_over_offsets": times[m] / times["offsets"],
+                "time_over_bilinear": times[m] / times["bilinear"],
             })  # fmt: skip
         print(f"  S={size:>4} done", flush=True)
     return rows
@@ -259,29 +197,25 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     """Two tables, one row per size: median times with ratios, and peak extra memory with x output."""
+    names = methods(args.device)
     by_size: dict[int, dict[str, dict]] = {}
     for r in rows:
         by_size.setdefault(r["size"], {})[r["method"]] = r
     print(
         f"\nLocal Attender pooling on {args.device} ({args.dtype}): C={args.channels}, "
-        f"n={args.neighbourhood}, I={args.scale}, batch 1; median of {args.repeats} runs"
+        f"n={args.neighbourhood}, I={args.scale}, batch 1; median of {args.repeats} runs, {torch.get_num_threads()} threads"
     )
-    print(
-        f"\n{'S':>5} {'out':>6} {'tokens':>9} | {'ours ms':>9} {'naive ms':>9} {'bilin ms':>9}"
-        f" | {'ours/naive':>10} {'ours/bilin':>10}"
-    )
+    print(f"\n{'S':>5} {'out':>6} {'tokens':>9} | " + " ".join(f"{m + ' ms':>10}" for m in names)
+          + f" | {'bands/offsets':>13} {'bands/bilin':>11}")
     for size, r in by_size.items():
-        o = r["ours"]
-        print(
-            f"{size:>5} {o['out_side']:>6} {o['out_tokens']:>9} | {o['time_ms']:>9.2f} "
-            f"{r['naive']['time_ms']:>9.2f} {r['bilinear']['time_ms']:>9.2f} | "
-            f"{o['time_ours_over_naive']:>10.2f} {o['time_ours_over_bilinear']:>10.2f}"
-        )
+        o = r["bands"]
+        print(f"{size:>5} {o['out_side']:>6} {o['out_tokens']:>9} | " + " ".join(f"{r[m]['time_ms']:>10.2f}" for m in names)
+              + f" | {o['time_over_offsets']:>13.2f} {o['time_over_bilinear']:>11.2f}")
     print("\nPeak extra memory beyond the inputs, MB (x output size)")
-    print(f"{'S':>5} {'out MB':>9} {'weights MB':>10} | {'ours':>17} {'naive':>17} {'bilinear':>17}")
+    print(f"{'S':>5} {'out MB':>9} {'weights MB':>10} | " + " ".join(f"{m:>17}" for m in names))
     for size, r in by_size.items():
-        cells = " ".join(f"{r[m]['peak_extra_mb']:>9.2f} ({r[m]['peak_over_output']:>4.1f}x)" for m in METHODS)
-        print(f"{size:>5} {r['ours']['output_mb']:>9.2f} {r['ours']['weights_mb']:>10.2f} | {cells}")
+        cells = " ".join(f"{r[m]['peak_extra_mb']:>9.2f} ({r[m]['peak_over_output']:>4.1f}x)" for m in names)
+        print(f"{size:>5} {r['bands']['output_mb']:>9.2f} {r['bands']['weights_mb']:>10.2f} | {cells}")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -300,12 +234,12 @@ def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for m, marker in zip(METHODS, "osd"):
+    for m, marker in zip(methods(args.device), "osdv^"):
         pts = [r for r in rows if r["method"] == m]
         tokens = [r["out_tokens"] for r in pts]
         ax_time.plot(tokens, [r["time_ms"] for r in pts], marker=marker, label=m)
         ax_mem.plot(tokens, [r["peak_extra_mb"] for r in pts], marker=marker, label=m)
-    outputs = [r for r in rows if r["method"] == "ours"]
+    outputs = [r for r in rows if r["method"] == "bands"]
     ax_mem.plot(
         [r["out_tokens"] for r in outputs], [r["output_mb"] for r in outputs],
         color="grey", linestyle=":", label="output size",
@@ -341,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=int, default=2, help="upsampling factor I (default 2)")
     p.add_argument(
         "--sizes", type=int, nargs="+",
-        help="low-res sides S (default 16 32 64 96 on CPU, 32 64 128 256 on CUDA)",
+        help="low-res sides S (default 16 32 64 128 on CPU, 32 64 128 256 on CUDA)",
     )  # fmt: skip
     p.add_argument("--repeats", type=int, help="timed calls per method and size (default 5 CPU, 20 CUDA)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
@@ -352,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     on_cuda = args.device.startswith("cuda")
     if args.quick:
         args.channels, args.sizes, args.repeats = 16, args.sizes or [4, 8], args.repeats or 2
-    args.sizes = args.sizes or ([32, 64, 128, 256] if on_cuda else [16, 32, 64, 96])
+    args.sizes = args.sizes or ([32, 64, 128, 256] if on_cuda else [16, 32, 64, 128])
     args.repeats = args.repeats or (20 if on_cuda else 5)
     return args
 

@@ -122,3 +122,73 @@ def test_bad_shapes_raise_value_error(guide_shape, value_shape, match) -> None:
 def test_unknown_neighbourhood() -> None:
     with pytest.raises(ValueError, match="one of"):
         LocalAttender(8, neighbourhood=7)
+
+
+# ------------------------------------------------------------------ implementations and dispatch
+
+CPU_IMPLS = ("bands", "offsets", "reference")
+
+
+@pytest.mark.parametrize("n", sorted(NEIGHBOURHOODS))
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_every_cpu_impl_matches_the_pixel_loop(n: int, scale: int) -> None:
+    value = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    weights = _random_weights(2, n, 3 * scale, 4 * scale, seed=n).double()
+    expected = _loop_reference(weights, value, NEIGHBOURHOODS[n])
+    for impl in CPU_IMPLS:
+        torch.testing.assert_close(local_attend(weights, value, NEIGHBOURHOODS[n], impl=impl), expected, msg=impl)
+
+
+def test_bands_with_channels_last_and_many_bands(monkeypatch) -> None:
+    """Tiny bands force many of them (and a partial last one); channels-last inputs read as views."""
+    import uplift.kernels.attend_cpu as cpu
+
+    monkeypatch.setattr(cpu, "BAND_BYTES", 1)
+    value = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
+    weights = _random_weights(2, 17, 14, 10).contiguous(memory_format=torch.channels_last)
+    out = local_attend(weights, value, NEIGHBOURHOODS[17], impl="bands")
+    torch.testing.assert_close(out, local_attend_reference(weights, value, NEIGHBOURHOODS[17]), rtol=1e-5, atol=1e-6)
+
+
+def test_attend_padded_reads_the_real_neighbours_of_a_crop() -> None:
+    """Inside a tile the value map is padded with its true neighbours: the crop's output is the
+    whole map's output there."""
+    from uplift.attender import attend_padded
+
+    offsets = NEIGHBOURHOODS[25]
+    value, weights = torch.randn(1, 3, 9, 8), _random_weights(1, 25, 18, 16)
+    whole = local_attend(weights, value, offsets)
+    for impl in CPU_IMPLS:
+        part = attend_padded(weights[..., 6:12, 4:10], value[..., 1:8, 0:7], offsets, impl=impl)
+        torch.testing.assert_close(part, whole[..., 6:12, 4:10], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("n", "scale"), [(5, 2), (17, 2), (13, 3)])
+def test_bands_gradcheck(n: int, scale: int) -> None:
+    weights = _random_weights(2, n, 3 * scale, 2 * scale).double().requires_grad_()
+    value = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w, v: local_attend(w, v, NEIGHBOURHOODS[n], impl="bands"), (weights, value))
+
+
+def test_dispatch_and_override(monkeypatch) -> None:
+    from uplift.attender import IMPL_ENV, resolve_impl
+
+    x = torch.zeros(1)
+    monkeypatch.delenv(IMPL_ENV, raising=False)
+    assert resolve_impl(None, x) == resolve_impl("auto", x) == "bands"
+    assert resolve_impl("reference", x) == "reference"
+    monkeypatch.setenv(IMPL_ENV, "offsets")
+    assert resolve_impl(None, x) == "offsets" and resolve_impl("bands", x) == "bands"
+    monkeypatch.setenv(IMPL_ENV, "fastest")
+    with pytest.raises(ValueError, match="UPLIFT_ATTEND_IMPL='fastest' is not one of"):
+        resolve_impl(None, x)
+    with pytest.raises(ValueError, match="impl='cuda' is not one of"):
+        resolve_impl("cuda", x)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        LocalAttender(8, impl="fast")
+
+
+def test_triton_on_cpu_without_the_interpreter_names_the_way_out(monkeypatch) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        local_attend(_random_weights(1, 5, 4, 4), torch.randn(1, 2, 2, 2), NEIGHBOURHOODS[5], impl="triton")

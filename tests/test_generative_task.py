@@ -391,6 +391,25 @@ def test_upscale_two_steps_keeps_the_input_colour_means(tiny_weights, tmp_path: 
     assert np.abs(_means(output) - _means(source)).max() > 0.1
 
 
+def test_upscale_in_tiles_writes_the_untiled_image(tiny_weights, tmp_path: Path, capsys) -> None:
+    """--tile runs UPLiFT on crops with the model's receptive field around each tile: the same latents
+    (noise channels included), hence the same picture; --vae-tiling switches diffusers' own (blended) tiling on."""
+    vae_dir, uplift_dir = tiny_weights
+    source = _photo(tmp_path / "in.png", size=(56, 40))
+    common = [str(source), "--weights", str(uplift_dir), "--vae", str(vae_dir), "--steps", "2", "--device", "cpu"]
+    assert upscale_main([common[0], str(tmp_path / "whole"), *common[1:]]) == 0
+    assert upscale_main([common[0], str(tmp_path / "tiled"), *common[1:], "--tile", "2"]) == 0
+    whole, tiled = (np.asarray(Image.open(tmp_path / d / "in.png"), dtype=np.int16) for d in ("whole", "tiled"))
+    assert whole.shape == tiled.shape == (160, 224, 3)
+    assert np.abs(whole - tiled).max() <= 1  # uint8 rounding of float-equal pixels
+    # diffusers' VAE tiling blends its tiles (not exact): the same picture size, close colours
+    assert upscale_main([common[0], str(tmp_path / "vae"), *common[1:], "--tile", "2", "--vae-tiling"]) == 0
+    blended = np.asarray(Image.open(tmp_path / "vae" / "in.png"), dtype=np.int16)
+    assert blended.shape == whole.shape
+    assert upscale_main([common[0], str(tmp_path / "bad"), *common[1:], "--tile", "0"]) == 2
+    assert "--tile must be a positive number" in capsys.readouterr().err
+
+
 def test_color_correct_matches_the_reference_means_exactly() -> None:
     output, reference = torch.rand(2, 3, 64, 48) * 3 - 1, torch.rand(2, 3, 16, 12)
     corrected = color_correct(output, reference)

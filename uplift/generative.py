@@ -7,7 +7,7 @@ low-resolution input's colour means.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
@@ -34,24 +34,25 @@ def color_correct(output: Tensor, reference: Tensor) -> Tensor:
 
 @torch.no_grad()
 def upscale_image(image01: Tensor, vae: "VAEBackbone", model: "UPLiFT", steps: int = 1,
-                  correct_colors: bool = True, clamp: bool = True) -> Tensor:
+                  correct_colors: bool = True, clamp: bool = True, tile: Optional[int] = None) -> Tensor:
     """Upscale ``[B, 3, H, W]`` images in [0, 1] by 2^steps through the VAE's latent space.
 
     The UPLiFT encoder sees the raw [0, 1] image (``raw_image_guide`` models) or the VAE-normalised one.
     Returns ``[B, 3, H * 2^steps, W * 2^steps]`` (colour-corrected, clamped to [0, 1] unless ``clamp=False``).
+    ``tile``: run UPLiFT in exact tiles of that many latent tokens (bounded memory for large images).
     """
-    return upscale_latents(vae.encode(image01), image01, vae, model, steps, correct_colors, clamp)
+    return upscale_latents(vae.encode(image01), image01, vae, model, steps, correct_colors, clamp, tile)
 
 
 @torch.no_grad()
 def upscale_latents(latents: Tensor, image01: Tensor, vae: "VAEBackbone", model: "UPLiFT", steps: int = 1,
-                    correct_colors: bool = True, clamp: bool = True) -> Tensor:
+                    correct_colors: bool = True, clamp: bool = True, tile: Optional[int] = None) -> Tensor:
     """Unscaled latents and the image they decode to (the guide) -> ``steps`` UPLiFT steps -> decoded,
     colour-corrected against the image, clamped to [0, 1] (``clamp=False``: not clamped, for metrics that score
     the decoder's raw output). Text-to-image enters here with the diffusion model's latents (divided by the VAE's
     scaling factor)."""
     guide = image01 if model.config.raw_image_guide else vae.normalize(image01)
-    decoded = vae.decode(model(guide.to(latents.dtype), latents, steps=steps), clamp=clamp)
+    decoded = vae.decode(model(guide.to(latents.dtype), latents, steps=steps, tile=tile), clamp=clamp)
     if correct_colors:
         decoded = color_correct(decoded, image01.to(decoded.dtype))
     return decoded.clamp(0, 1) if clamp else decoded

@@ -7,6 +7,7 @@ B.1) -> PNG, 2^steps times larger than the input.
     uplift-upscale photo.jpg out/                                    # released sd15-vae weights: 2x
     uplift-upscale photos/ out/ --steps 2                            # a folder (recursive): 4x each
     uplift-upscale photos/ out/ --weights runs/vae/checkpoints/last.ckpt --vae /models/sd15-vae
+    uplift-upscale big.jpg out/ --steps 2 --tile 64 --vae-tiling      # 4K/8K: UPLiFT in exact tiles
     python -m uplift.upscale ...                                     # the same
 
 Plain PyTorch (no Lightning); diffusers builds the VAE.
@@ -96,10 +97,14 @@ def upscale_files(
     device: Union[str, torch.device] = "cpu",
     seed: Optional[int] = 0,
     progress: bool = True,
+    tile: Optional[int] = None,
+    vae_tiling: bool = False,
 ) -> list[Path]:
     """Upscale every ``(input, relative output)`` pair into ``output_dir``; returns the PNGs written.
     Unreadable or too-small images are skipped with a warning naming the file. ``seed``: the UPLiFT
-    noise channels are seeded per image, so an image's output does not depend on the others."""
+    noise channels are seeded per image, so an image's output does not depend on the others.
+    ``tile``: UPLiFT in exact tiles of that many latent tokens; ``vae_tiling``: diffusers' tiled VAE
+    encode/decode (blended seams), for images whose VAE activations do not fit in memory."""
     from tqdm import tqdm
 
     from uplift.generative import upscale_image
@@ -107,6 +112,8 @@ def upscale_files(
 
     output_dir = Path(output_dir)
     model, vae = model.to(device).eval(), vae.to(device)
+    if vae_tiling:
+        vae.vae.enable_tiling()
     written = []
     bar = tqdm(pairs, desc="upscaling", unit="image", disable=not progress or len(pairs) < 2)
     for source, relative in bar:
@@ -117,7 +124,7 @@ def upscale_files(
             continue
         if seed is not None:
             torch.manual_seed(seed)
-        output = upscale_image(image.to(device), vae, model, steps=steps, correct_colors=correct_colors)
+        output = upscale_image(image.to(device), vae, model, steps=steps, correct_colors=correct_colors, tile=tile)
         target = output_dir / relative
         replace_atomically(target, lambda path: save_png(output[0].float().cpu(), path))
         written.append(target)
@@ -152,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a randomly initialised SD1.5 VAE (smoke tests only: the pictures mean nothing)")
     parser.add_argument("--device", default="auto", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of UPLiFT's noise channels, per image (default 0)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="run UPLiFT in tiles of TILE x TILE latent tokens: the same output in the memory of one "
+                             "tile (for 4K and 8K outputs; e.g. 64)")
+    parser.add_argument("--vae-tiling", action="store_true",
+                        help="diffusers' tiled VAE encode and decode (its tiles are blended, not exact) for images "
+                             "whose VAE activations do not fit in memory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return parser
 
@@ -159,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> list[Path]:
     if args.steps < 1:
         raise ConfigError(f"--steps must be a positive number of 2x steps, got {args.steps}.")
+    if args.tile is not None and args.tile < 1:
+        raise ConfigError(f"--tile must be a positive number of latent tokens, got {args.tile}.")
     pairs = find_images(args.input)  # a missing input or an unwritable output fails before any weights are loaded
     check_writable(args.output, "the upscaled images")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -166,7 +181,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     vae = load_vae(args.vae, random_init=args.vae_random)
     check_backbone_fits(vae, model.config, fix="use the UPLiFT model trained on this VAE (--weights) or its VAE (--vae)")
     written = upscale_files(pairs, args.output, model, vae, steps=args.steps, device=device, seed=args.seed,
-                            correct_colors=not args.no_color_correction, progress=not args.quiet)
+                            correct_colors=not args.no_color_correction, progress=not args.quiet, tile=args.tile,
+                            vae_tiling=args.vae_tiling)
     if not args.quiet:
         skipped = len(pairs) - len(written)
         print(f"{PROG}: wrote {len(written)} image(s) ({2 ** args.steps}x) to {args.output}"
