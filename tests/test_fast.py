@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from uplift import UPLiFT, UPLiFTConfig
     (UPLiFTConfig.preset("dinov2-s14"), 14, (56, 84)),
     (UPLiFTConfig.preset("dinov3-splus16"), 16, None),
     (tiny_vae_config(), 8, (30, 40)),
+    (dataclasses.replace(UPLiFTConfig.preset("dinov2-s14"), neighbourhood=None), 14, (56, 84)),  # "No LA"
 ])  # fmt: skip
 def test_fast_equals_plain(config: UPLiFTConfig, patch: int, output_size) -> None:
     torch.manual_seed(0)

@@ -146,3 +146,66 @@ def test_non_finite_features_are_rejected(model, bad: float) -> None:
     feats[0, 3, 1, 2] = bad
     with pytest.raises(ValueError, match="NaN or inf"):
         model(torch.randn(1, 3, 56, 56), feats)
+
+
+def test_inputs_in_the_weights_dtype_or_under_autocast_are_accepted(model) -> None:
+    """The dtype rule refuses only what torch itself cannot run: a bf16 model takes bf16 inputs, and under
+    autocast a float32 model takes bf16 features (what a bf16-mixed backbone gives)."""
+    image, feats = torch.rand(1, 3, 56, 56), torch.randn(1, 8, 4, 4)
+    assert model(image, feats, steps=1).dtype == torch.float32
+    half = UPLiFT(tiny_config(14)).eval().to(torch.bfloat16)
+    assert half(image.bfloat16(), feats.bfloat16(), steps=1).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(image, feats.bfloat16(), steps=1).shape == (1, 8, 8, 8)
+    with pytest.raises(ValueError, match=r"`features` has dtype torch.bfloat16 but UPLiFT's weights are torch.float32"):
+        model(image, feats.bfloat16(), steps=1)
+
+
+def test_lift_shares_the_input_rules() -> None:
+    from uplift.lift import LiFT, LiFTConfig
+
+    lift = LiFT(LiFTConfig(feature_channels=8, patch_size=14, guide_channels=4)).eval()
+    with pytest.raises(ValueError, match="dtype torch.float16"):
+        lift(torch.rand(1, 3, 56, 56).half(), torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match=r"pass \(56, 56\) for a square"):
+        lift(torch.rand(1, 3, 56, 56), torch.randn(1, 8, 4, 4), output_size=56)
+
+
+def test_no_local_attender_option_builds_trains_and_upsamples() -> None:
+    """``neighbourhood=None`` (the paper's "No LA", the release's ``attender: -1``): no attender, the decoder ends
+    in the release's ``decoder.outc`` 1x1 conv plus a channel residual, and the model still learns."""
+    torch.manual_seed(0)
+    config = tiny_config(14, neighbourhood=None)
+    model = UPLiFT(config)
+    assert model.attender is None and "decoder.outc.weight" in model.state_dict()
+    assert not any(k.startswith("attender.") for k in model.state_dict())
+    image, feats = torch.rand(2, 3, 56, 42), torch.randn(2, 8, 4, 3)
+    assert model.eval()(image, feats, output_size=(56, 42)).shape == (2, 8, 56, 42)
+    # the step's output is outc(guide) + guide[:, :C] (the decoder is 8 wide here, as the features)
+    model.train()
+    target = torch.nn.functional.interpolate(feats, scale_factor=2, mode="nearest")
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(model(image, feats, steps=1), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    with pytest.raises(ValueError, match="or None"):
+        tiny_config(14, neighbourhood=7)
+
+
+def test_release_config_without_attender_is_no_la(official_dir) -> None:
+    import copy
+
+    data = yaml.safe_load((official_dir / "dinov2_s14_iter4.yaml").read_text())
+    data = copy.deepcopy(data)
+    data["uplift"]["attender"] = -1
+    assert official_to_config(data).neighbourhood is None
+    data["uplift"].pop("attender")  # the release's default is no attender
+    assert official_to_config(data).neighbourhood is None
+    data["uplift"]["decoder"]["residual_outc"] = False
+    with pytest.raises(ValueError, match="residual_outc"):
+        official_to_config(data)

@@ -107,10 +107,9 @@ def test_tables_6_and_7_train_their_shared_model_once_and_rerun_from_the_cache(t
     assert values(rows7, "n = 17") == values(rows6, "d ∈ {1, 2, 3}")
     assert all(count == 1 for count in calls.fits.values())
     no_la = [r for r in rows7 if r["method"] == "No LA"]
-    # "No LA" exists once the model has the option (`uplift.neighbourhood: null`); until then it is unavailable, named
-    assert all(r["status"] == "done" for r in no_la) or all(
-        r["status"] == "unavailable" and "neighbourhood" in r["reason"] for r in no_la), no_la
-    assert len(calls.fits) == (4 if no_la[0]["status"] == "done" else 2)  # n = 5 (+ No LA): a model and a probe each
+    # "No LA" (`uplift.neighbourhood: null`) trains and probes like any other row
+    assert no_la and all(r["status"] == "done" for r in no_la), no_la
+    assert len(calls.fits) == 4  # n = 5 and No LA: a model and a probe each
     assert all(r["status"] == "done" for r in rows7 if r["method"] != "No LA")
     assert "| No LA |" in md7 and "| n = 5 |" in md7 and "(84.80¹)" in md7 and "84.80 as n = 5's VOC Acc" in md7
     calls.reset()

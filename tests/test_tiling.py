@@ -36,6 +36,7 @@ CASES = {
     "p16-beyond-native": (tiny_config(16), 16, 5, lambda h, w: None),
     "p8-odd-output": (tiny_config(8), 8, 3, lambda h, w: (h // 2 + 3, w - 5)),
     "vae-noise-refiner": (tiny_vae_config(), 8, 2, lambda h, w: None),
+    "no-local-attender": (tiny_config(14, neighbourhood=None), 14, 3, lambda h, w: (h, w)),
 }
 
 

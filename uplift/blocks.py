@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from uplift.errors import InputError
 from uplift.resample import Crop, Resize, Span, resample
 
 __all__ = [
@@ -46,10 +47,10 @@ def add_channel_residual(residual: Tensor, out: Tensor, inplace: bool = False) -
 
 
 def check_patch_multiple(height: int, width: int, patch: int, hint: str = "") -> None:
-    """One ``ValueError`` naming the size, the patch size and the nearest valid size."""
+    """One :class:`~uplift.errors.InputError` naming the size, the patch size and the nearest valid size."""
     if height % patch or width % patch:
         fix_h, fix_w = max(patch, round(height / patch) * patch), max(patch, round(width / patch) * patch)
-        raise ValueError(
+        raise InputError(
             f"Image size {height}x{width} is not a multiple of the patch size {patch}{hint}; resize or crop it "
             f"to a multiple of {patch} (e.g. {fix_h}x{fix_w})."
         )

@@ -62,7 +62,9 @@ class UPLiFTConfig:
         decoder_low: decoder blocks at the input resolution (guided by the last encoder group).
         decoder_high: decoder blocks after the 2x transposed conv (guided by the second-to-last).
         norm: ``batch`` (predictive models) or ``layer`` (the deeper VAE model).
-        neighbourhood: Local Attender neighbourhood size n.
+        neighbourhood: Local Attender neighbourhood size n; ``None``: no Local Attender (the paper's
+            "No LA" ablation, the release's ``attender: -1``): the decoder ends in a 1x1 convolution
+            to the feature channels plus a channel residual, and its output is the step's output.
         noise_channels / noise_scale: N(0, scale^2) channels appended at both decoder stages.
         refiner: optional post-attender refiner.
         raw_image_guide: the encoder sees the raw [0, 1] image rather than the backbone-normalised
@@ -75,7 +77,7 @@ class UPLiFTConfig:
     decoder_low: BlockGroupConfig = field(default_factory=lambda: BlockGroupConfig([64], "double"))
     decoder_high: BlockGroupConfig = field(default_factory=lambda: BlockGroupConfig([64], "double"))
     norm: Norm = "batch"
-    neighbourhood: int = 17
+    neighbourhood: Optional[int] = 17
     noise_channels: int = 0
     noise_scale: float = 1.0
     refiner: Optional[RefinerConfig] = None
@@ -100,8 +102,9 @@ class UPLiFTConfig:
             problems.append(f"patch_size must be positive, got {self.patch_size}")
         if len(self.encoder) < 2:
             problems.append(f"the encoder needs at least 2 groups (the decoder uses the last two), got {len(self.encoder)}")
-        if self.neighbourhood not in NEIGHBOURHOODS:
-            problems.append(f"neighbourhood must be one of {sorted(NEIGHBOURHOODS)}, got {self.neighbourhood}")
+        if self.neighbourhood is not None and self.neighbourhood not in NEIGHBOURHOODS:
+            problems.append(f"neighbourhood must be one of {sorted(NEIGHBOURHOODS)} or None (no Local Attender), "
+                            f"got {self.neighbourhood}")
         if self.norm not in ("batch", "layer"):
             problems.append(f"norm must be 'batch' or 'layer', got {self.norm!r}")
         groups = [*self.encoder, self.decoder_low, self.decoder_high]
@@ -197,7 +200,7 @@ def official_to_config(config: str | Path | dict[str, Any]) -> UPLiFTConfig:
     """Translate a config in the reference release's format into an :class:`UPLiFTConfig`.
 
     Only the options the released models use are supported; anything else (downsampling encoder
-    stages, several decoder up-steps, no encoder sharing, the LiFT-style no-attender decoder) is
+    stages, several decoder up-steps, no encoder sharing) is
     rejected with an error naming the option rather than silently building a different model.
     """
     data = load_official_config(config)
@@ -213,7 +216,9 @@ def official_to_config(config: str | Path | dict[str, Any]) -> UPLiFTConfig:
 
     expect(up.get("up_factor", 2), (2,), "uplift.up_factor")
     expect(up.get("enc_share", False), (True,), "uplift.enc_share")
-    expect(up.get("attender", -1), tuple(NEIGHBOURHOODS), "uplift.attender")
+    expect(up.get("attender", -1), (-1, *NEIGHBOURHOODS), "uplift.attender")
+    if up.get("attender", -1) == -1:  # no Local Attender: the decoder's 1x1 output conv, with its residual
+        expect(up["decoder"].get("residual_outc", True), (True,), "decoder.residual_outc")
     norms: set[str] = set()
 
     def group(cfg: dict[str, Any], where: str) -> BlockGroupConfig:
@@ -260,7 +265,7 @@ def official_to_config(config: str | Path | dict[str, Any]) -> UPLiFTConfig:
         decoder_low=decoder_low,
         decoder_high=decoder_high,
         norm=norms.pop() if norms else "batch",
-        neighbourhood=int(up["attender"]),
+        neighbourhood=None if up.get("attender", -1) == -1 else int(up["attender"]),
         noise_channels=int(dec.get("ncat_c", 0)),
         noise_scale=float(dec.get("ncat_s", 1)),
         refiner=refiner,

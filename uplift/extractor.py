@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from uplift.backbones import Backbone, BackboneConfig, OriginalDINOv2Backbone, build_backbone, check_backbone_fits
 from uplift.errors import ConfigError, InputError, WeightsUnavailableError
 from uplift.imageio import load_rgb, pil_to_tensor
+from uplift.resample import resize_bilinear
 
 if TYPE_CHECKING:
     from uplift.model import UPLiFT
@@ -159,13 +160,6 @@ def _output_hw(output_size: OutputSize, reference: tuple[int, int]) -> Optional[
     return size  # type: ignore[return-value]
 
 
-def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear, antialiased resize (the op of ``UPLiFT.forward(output_size=...)`` and of torchvision's ``resize``)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 # ------------------------------------------------------------------------------------------ inputs
 
 
@@ -212,7 +206,7 @@ def prepare_image(image: Union[Image.Image, Tensor], plan: SizePlan) -> Tensor:
             image = image.resize((plan.resize[1], plan.resize[0]), resample=Image.BILINEAR)
         batch = pil_to_tensor(image)[None]
     else:
-        batch = _resize(image, plan.resize)
+        batch = resize_bilinear(image, plan.resize)
     if any(plan.pad):
         batch = F.pad(batch, plan.pad, mode="replicate")
     return batch
@@ -284,8 +278,8 @@ def _run(work: Tensor, plan: SizePlan, backbone: Backbone, model: "UPLiFT", step
         if out_hw is not None:
             if any(plan.pad):  # the raw grid covers the padded image: map it onto that, then cut the padding off
                 left, _, top, _ = plan.pad
-                dense = _resize(dense, plan.work)[..., top:top + plan.resize[0], left:left + plan.resize[1]]
-            dense = _resize(dense, out_hw)
+                dense = resize_bilinear(dense, plan.work)[..., top:top + plan.resize[0], left:left + plan.resize[1]]
+            dense = resize_bilinear(dense, out_hw)
     cast = (lambda t: t.to(dtype)) if dtype != torch.float32 else (lambda t: t.float())
     return Features(cast(dense), cast(low_res), None if cls is None else cast(cls),
                     [cast(s) for s in outputs] if return_steps else None, plan.image, plan.work)

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from uplift.blocks import check_patch_multiple
+from uplift.inputs import check_upsampler_inputs
+from uplift.resample import resize_bilinear
 
 __all__ = ["LiFTConfig", "LiFT", "save_lift", "load_lift"]
 
@@ -127,7 +128,7 @@ class LiFT(nn.Module):
         h, w = grid
         ppt = self.config.pixels_per_token
         if tuple(image.shape[-2:]) != (h * ppt, w * ppt):  # p = 14: 448 -> 512 (the UPLiFT release's pre-scaler)
-            image = F.interpolate(image, size=(h * ppt, w * ppt), mode="bilinear", align_corners=False, antialias=True)
+            image = resize_bilinear(image, (h * ppt, w * ppt))
         high = self.guide_high(image)  # 4 pixels per guide pixel
         if ppt > 8:  # LiFT's scale adapter: 2x2 max pool for patch 16, generalised to 2^k
             high = F.max_pool2d(high, ppt // 8)
@@ -167,7 +168,7 @@ class LiFT(nn.Module):
         if return_all_steps:
             return outputs
         if output_size is not None:
-            x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False, antialias=True)
+            x = resize_bilinear(x, tuple(output_size))
         return x
 
     def check_inputs(
@@ -178,44 +179,10 @@ class LiFT(nn.Module):
         output_size: Optional[Sequence[int]] = None,
         return_all_steps: bool = False,
     ) -> None:
-        """Raise one ``ValueError`` naming the problem and the fix for inputs the model cannot use."""
-        p, c = self.patch_size, self.feature_channels
-        if not isinstance(image, Tensor) or not isinstance(features, Tensor):
-            raise ValueError("LiFT expects torch tensors for both `image` and `features`.")
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(
-                f"`image` must be a [B, 3, H, W] batch, got shape {tuple(image.shape)}"
-                + ("; add a batch dimension with image.unsqueeze(0)." if image.dim() == 3 else ".")
-            )
-        if features.dim() != 4:
-            raise ValueError(
-                f"`features` must be a [B, {c}, h, w] batch, got shape {tuple(features.shape)}"
-                + ("; add a batch dimension with features.unsqueeze(0)." if features.dim() == 3 else ".")
-                + " Token sequences [B, N, C] must be reshaped to a grid first."
-            )
-        if features.shape[1] != c:
-            raise ValueError(
-                f"`features` have {features.shape[1]} channels but this LiFT model upsamples {c}-channel "
-                f"features; use the model trained for your backbone (config.feature_channels = {c})."
-            )
-        if image.shape[0] != features.shape[0]:
-            raise ValueError(f"`image` batch size {image.shape[0]} differs from `features` batch size {features.shape[0]}.")
-        h, w = image.shape[-2:]
-        check_patch_multiple(h, w, p, " (do that before running the backbone)")
-        if (h // p, w // p) != tuple(features.shape[-2:]):
-            raise ValueError(
-                f"`features` grid {tuple(features.shape[-2:])} does not match the image: {h}x{w} pixels at "
-                f"patch size {p} give a {h // p}x{w // p} grid. Pass the image the features were computed from."
-            )
-        if not torch.isfinite(features).all():
-            raise ValueError("`features` contain NaN or inf values; check the backbone output (e.g. fp16 overflow).")
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"`steps` must be a positive integer number of 2x steps, got {steps!r}.")
-        if output_size is not None:
-            if return_all_steps:
-                raise ValueError("Pass either `output_size` or `return_all_steps=True`, not both.")
-            if len(output_size) != 2 or any(not isinstance(s, int) or s < 1 for s in output_size):
-                raise ValueError(f"`output_size` must be (height, width) positive ints, got {output_size!r}.")
+        """Raise one ``ValueError`` naming the problem and the fix (:func:`uplift.inputs.check_upsampler_inputs`)."""
+        weights = next(self.parameters()).dtype
+        check_upsampler_inputs("LiFT", image, features, patch=self.patch_size, channels=self.feature_channels,
+                               weights=weights, steps=steps, output_size=output_size, return_all_steps=return_all_steps)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uplift.attender import LocalAttender, attend_padded, neighbourhood_radius, padded_window
-from uplift.blocks import BlockGroup, UpBlock, check_patch_multiple
+from uplift.blocks import BlockGroup, UpBlock, add_channel_residual
 from uplift.config import UPLiFTConfig
+from uplift.inputs import check_upsampler_inputs
 from uplift.noise import Noise
-from uplift.resample import Crop, Span, nearest_crop
+from uplift.resample import Crop, Span, nearest_crop, resize_bilinear
 from uplift.tiling import Reach, attend_span, step_input_span
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ __all__ = ["UPLiFT", "DenseEncoder", "Decoder"]
 StepOutput = Union[Tensor, list[Tensor]]
 Window = tuple[Span, Span]  # rows and columns, in whole-map indices
 
-NON_FINITE = "`features` contain NaN or inf values; check the backbone output (e.g. fp16 overflow)."
 
 
 def _append_noise(x: Tensor, channels: int, scale: float, noise: Optional[Noise], crop: Crop, stage: int) -> Tensor:
@@ -137,7 +136,13 @@ class UPLiFT(nn.Module):
         self.config = config = config if config is not None else UPLiFTConfig()
         self.encoder = DenseEncoder(config)
         self.decoder = Decoder(config, self.encoder.out_channels)
-        self.attender = LocalAttender(self.decoder.out_channels, config.neighbourhood)
+        # "No LA" (neighbourhood None, the release's attender -1): the decoder ends in a 1x1 conv to the
+        # feature channels plus a channel residual (the release's residual_outc), named as the release names it
+        self.attender: Optional[LocalAttender] = None
+        if config.neighbourhood is None:
+            self.decoder.outc = nn.Conv2d(self.decoder.out_channels, config.feature_channels, kernel_size=1)
+        else:
+            self.attender = LocalAttender(self.decoder.out_channels, config.neighbourhood)
         self.is_fast = False  # set by uplift.fast.make_fast
         self.reach = Reach.of(config)  # receptive field of every stage, for tiling
         # encoder outputs the decoder and refiner read (Python indices, may be negative)
@@ -166,7 +171,7 @@ class UPLiFT(nn.Module):
         if pixels_per_token != self.patch_size:
             h, w = image.shape[-2:]
             size = (h * pixels_per_token // self.patch_size, w * pixels_per_token // self.patch_size)
-            image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+            image = resize_bilinear(image, size)
         return self.encoder(image)
 
     def step_input_span(self, out: Span, low_size: int) -> Span:
@@ -195,7 +200,9 @@ class UPLiFT(nn.Module):
         if decoded is None:
             decoded = self.decoder.low(features, encoder_outputs, crop, encoder_crops, noise)
         guide = self.decoder.high(decoded, encoder_outputs, crop, encoder_crops, noise, (att_rows, att_cols))
-        if crop.is_whole(features) and (att_rows, att_cols) == whole:
+        if self.attender is None:
+            x = add_channel_residual(guide, self.decoder.outc(guide))
+        elif crop.is_whole(features) and (att_rows, att_cols) == whole:
             x = self.attender(guide, features)
         else:
             r = neighbourhood_radius(self.attender.offsets)
@@ -250,8 +257,13 @@ class UPLiFT(nn.Module):
         if return_all_steps:
             return outputs
         if output_size is not None:
-            x = F.interpolate(x, size=tuple(output_size), mode="bilinear", align_corners=False, antialias=True)
+            x = resize_bilinear(x, tuple(output_size))
         return x
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype of the weights (the inputs' dtype must match it outside autocast)."""
+        return next(self.parameters()).dtype
 
     def check_inputs(
         self,
@@ -262,56 +274,14 @@ class UPLiFT(nn.Module):
         return_all_steps: bool = False,
         tile: Optional[int] = None,
     ) -> None:
-        """Raise one ``ValueError`` naming the problem and the fix for inputs the model cannot use.
-
-        The NaN/inf check reads a flag computed on the device; where that would make the host wait for
-        the device (a :meth:`fast` model on GPU, or while ``torch.compile`` traces) it is asserted
-        asynchronously instead (``torch._assert_async``: the error surfaces at the next sync)."""
-        p, c = self.patch_size, self.feature_channels
-        if not isinstance(image, Tensor) or not isinstance(features, Tensor):
-            raise ValueError("UPLiFT expects torch tensors for both `image` and `features`.")
-        if image.dim() != 4 or image.shape[1] != 3:
-            raise ValueError(
-                f"`image` must be a [B, 3, H, W] batch, got shape {tuple(image.shape)}"
-                + ("; add a batch dimension with image.unsqueeze(0)." if image.dim() == 3 else ".")
-            )
-        if features.dim() != 4:
-            raise ValueError(
-                f"`features` must be a [B, {c}, h, w] batch, got shape {tuple(features.shape)}"
-                + ("; add a batch dimension with features.unsqueeze(0)." if features.dim() == 3 else ".")
-                + " Token sequences [B, N, C] must be reshaped to a grid first."
-            )
-        if features.shape[1] != c:
-            raise ValueError(
-                f"`features` have {features.shape[1]} channels but this UPLiFT model upsamples {c}-channel "
-                f"features; use the model trained for your backbone (config.feature_channels = {c})."
-            )
-        if image.shape[0] != features.shape[0]:
-            raise ValueError(f"`image` batch size {image.shape[0]} differs from `features` batch size {features.shape[0]}.")
-        h, w = image.shape[-2:]
-        check_patch_multiple(h, w, p, " (do that before running the backbone)")
-        if (h // p, w // p) != tuple(features.shape[-2:]):
-            raise ValueError(
-                f"`features` grid {tuple(features.shape[-2:])} does not match the image: {h}x{w} pixels at "
-                f"patch size {p} give a {h // p}x{w // p} grid. Pass the image the features were computed from."
-            )
-        finite = torch.isfinite(features).all()
-        if torch.compiler.is_compiling() or (self.is_fast and features.device.type != "cpu"):
-            torch._assert_async(finite, NON_FINITE)
-        elif not finite:
-            raise ValueError(NON_FINITE)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-            raise ValueError(f"`steps` must be a positive integer number of 2x steps, got {steps!r}.")
-        if output_size is not None:
-            if return_all_steps:
-                raise ValueError("Pass either `output_size` or `return_all_steps=True`, not both.")
-            if len(output_size) != 2 or any(not isinstance(s, int) or s < 1 for s in output_size):
-                raise ValueError(f"`output_size` must be (height, width) positive ints, got {output_size!r}.")
-        if tile is not None:
-            if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
-                raise ValueError(f"`tile` must be a positive number of feature tokens per tile side (or None), got {tile!r}.")
-            if return_all_steps:
-                raise ValueError("Pass either `tile` or `return_all_steps=True`, not both: tiles are of the last step.")
+        """Raise one ``ValueError`` naming the problem and the fix for inputs the model cannot use
+        (:func:`uplift.inputs.check_upsampler_inputs`). The NaN/inf check of a :meth:`fast` model on GPU is
+        asserted on the device (no host sync per call; the error surfaces at the next sync)."""
+        check_upsampler_inputs(
+            "UPLiFT", image, features, patch=self.patch_size, channels=self.feature_channels,
+            weights=self.weights_dtype, steps=steps, output_size=output_size, return_all_steps=return_all_steps,
+            tile=tile, assert_finite_async=self.is_fast and features.device.type != "cpu",
+        )
 
     def iter_tiles(
         self,

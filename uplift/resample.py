@@ -38,6 +38,7 @@ __all__ = [
     "footprint",
     "nearest_crop",
     "nearest_index",
+    "resize_bilinear",
     "resample",
 ]
 
@@ -392,3 +393,14 @@ def resample(x: Tensor, rows: Optional[tuple[Resize, Span, int]], cols: Optional
         out.copy_(x)
         return out
     return x
+
+
+def resize_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)``: the one resize of
+    the models' ``output_size`` and the 16/14 image resize. PyTorch's antialiased kernel has no float16 or
+    bfloat16 version on CPU, so such tensors are resized in float32 there and cast back."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    low = x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16)
+    out = F.interpolate(x.float() if low else x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return out.to(x.dtype) if low else out

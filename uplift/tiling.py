@@ -98,7 +98,7 @@ class Reach(NamedTuple):
             decoder_low=radius(config.decoder_low),
             decoder_high=radius(config.decoder_high),
             refiner=0 if ref is None else len(ref.widths) * conv_radius("single"),
-            attender=neighbourhood_radius(NEIGHBOURHOODS[config.neighbourhood]),
+            attender=0 if config.neighbourhood is None else neighbourhood_radius(NEIGHBOURHOODS[config.neighbourhood]),
             encoder=sum(radius(group) for group in config.encoder),
             native=config.native_steps,
             strided_last=len(last.widths) == 1 and last.block == "single",

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from uplift.errors import UpsamplerUnavailableError, WeightsError
+from uplift.resample import resize_bilinear
 
 if TYPE_CHECKING:
     from uplift.backbones import Backbone
@@ -67,7 +68,7 @@ class Upsampler(nn.Module):
         size = (int(output_size[0]), int(output_size[1]))
         out = self.upsample(image, features, size)
         if tuple(out.shape[-2:]) != size:  # over-upsampled (e.g. 16x on a patch-14 grid): resize down
-            out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=True)
+            out = resize_bilinear(out, size)
         return out
 
     def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
@@ -279,7 +280,7 @@ class LoftUp(TorchHubUpsampler):
 
     def upsample(self, image: Tensor, features: Tensor, output_size: tuple[int, int]) -> Tensor:
         if tuple(image.shape[-2:]) != output_size:
-            image = F.interpolate(image, size=output_size, mode="bilinear", align_corners=False, antialias=True)
+            image = resize_bilinear(image, output_size)
         return self.model(features, image)
 
 

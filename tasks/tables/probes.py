@@ -150,8 +150,10 @@ def uplift_model(scale: str, backbone: BackboneSpec = DINOV2, depths: Optional[S
     four times into whole patches (Table 6), so the tiny models of every table share one recipe.
     ``train_args`` (full scale: where ImageNet is) are part of the model's identity."""
     depths = tuple(sorted({int(d) for d in (depths or DEFAULT_DEPTHS[backbone.key])}))
+    # jsonargparse 4.x does not carry a dotted `...uplift.neighbourhood=null` through a subclass's init_args: a dict does
+    no_la = '--model.init_args.uplift={"neighbourhood": null}'
     args = [f"--model.init_args.depths=[{','.join(map(str, depths))}]",
-            f"--model.init_args.uplift.neighbourhood={'null' if neighbourhood is None else int(neighbourhood)}"]
+            no_la if neighbourhood is None else f"--model.init_args.uplift.neighbourhood={int(neighbourhood)}"]
     if scale != "tiny":
         return Model(f"uplift-{backbone.key}", UPLIFT_CONFIGS[backbone.key], (*args, *train_args))
     tiny = [*TINY_TRAIN, f"--data.init_args.image_size={backbone.patch_size * 16}"]

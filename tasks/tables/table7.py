@@ -2,12 +2,13 @@
 VOC (paper Table 7, appendix C.2).
 
 One UPLiFT per neighbourhood n in {5, 9, 13, 17, 25} (``--model.init_args.uplift.neighbourhood=n``) and one with no
-Local Attender ("No LA": ``neighbourhood: null``, the release's ``attender: -1``: the decoder ends in a 1x1 conv to
+Local Attender ("No LA": ``neighbourhood: null`` in YAML, ``--model.init_args.uplift='{"neighbourhood": null}'`` on the
+command line; the release's ``attender: -1``: the decoder ends in a 1x1 conv to
 the feature channels with a residual), each with the release's DINOv2-S/14 recipe (``configs/dinov2_s14.yaml``,
 depths {1, 2, 3}), then a segmentation probe on each dataset. The n = 17 model is Table 6's D = {1, 2, 3} model:
 one training run in the cache every table shares (:mod:`tasks.tables.probes`).
 
-A version of the model without the "No LA" option shows that row as unavailable, with the parser's reason.
+A model option the code lacks (an older checkout) shows its row as unavailable, with the parser's reason.
 ``--scale tiny``: as Table 6's (a pipeline test; meaningless numbers).
 """
 
