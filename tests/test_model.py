@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,23 @@ def test_release_config_without_attender_is_no_la(official_dir) -> None:
     data["uplift"]["decoder"]["residual_outc"] = False
     with pytest.raises(ValueError, match="residual_outc"):
         official_to_config(data)
+
+
+def test_no_la_equals_the_release_without_attender() -> None:
+    """The release's ``attender: -1`` model (tests/data/release_no_la, made by running the release) loads through
+    the one weight resolver and computes the same steps."""
+    from safetensors.torch import load_file
+
+    from uplift.checkpoints import load_uplift
+
+    here = Path(__file__).parent / "data" / "release_no_la"
+    model = load_uplift(here / "no_la.weights.safetensors", config=here / "no_la.yaml").eval()
+    assert model.config.neighbourhood is None
+    case = load_file(str(here / "no_la.case.safetensors"))
+    with torch.no_grad():
+        steps = model(case["input.image"], case["input.features"], steps=2, return_all_steps=True)
+        for k, ours in enumerate(steps, start=1):
+            expected = case[f"output.step{k}"]
+            assert float((ours - expected).norm() / expected.norm()) <= 1e-5
+        tiled = model.fast()(case["input.image"], case["input.features"], steps=2, tile=2)
+        assert float((tiled - case["output.step2"]).norm() / case["output.step2"].norm()) <= 1e-5
