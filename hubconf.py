@@ -21,7 +21,7 @@ def uplift(variant="dinov2-s14", pretrained=True, include_extractor=True, fast=F
         pretrained: load the released weights from the Hugging Face hub (False: random weights).
         include_extractor: True: the extractor with its backbone, called on a PIL image; False: the bare model,
             called as ``model(img, feat, outsize=None)``.
-        fast: the release's compiled fast mode (not available in this implementation yet: an error).
+        fast: the fast inference mode (``UPLiFT.fast()``: the same values, faster).
         **kwargs: extractor options, as the release's: iters (default 1), out_size, no_transform, return_steps,
             return_base_feat, silent, auto_resize, low_mem; and this implementation's: weights (a local UPLiFT
             weights file), backbone_pretrained, backbone_weights, device, max_pixels, cache_dir.

@@ -426,8 +426,15 @@ def test_hubconf_runs_release_code_unchanged(release_downloads: Path) -> None:
 
 
 def test_hubconf_errors_and_options(release_downloads: Path) -> None:
-    with pytest.raises(ConfigError, match="fast=True .* not available"):
-        torch.hub.load(str(REPO), "uplift_dinov2_s14", source="local", fast=True)
+    plain = torch.hub.load(str(REPO), "uplift_dinov2_s14", source="local", silent=True)
+    fast = torch.hub.load(str(REPO), "uplift_dinov2_s14", source="local", silent=True, fast=True)
+    assert fast.uplift.is_fast and not plain.uplift.is_fast
+    photo = Image.fromarray(_photo(56, 70))
+    with torch.no_grad():
+        expected = plain(photo)
+        assert float((fast(photo) - expected).norm() / expected.norm()) <= 1e-5  # fast: the same values
+    bare = torch.hub.load(str(REPO), "uplift_dinov2_s14", source="local", include_extractor=False, fast=True)
+    assert bare.is_fast and bare.iters == 1
     with pytest.raises(ValueError, match="Unknown variant 'dinov2-g14'"):
         torch.hub.load(str(REPO), "uplift", "dinov2-g14", source="local")
     model = torch.hub.load(str(REPO), "uplift_dinov2_s14", source="local", silent=True)

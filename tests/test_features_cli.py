@@ -166,3 +166,16 @@ def test_module_entry_help() -> None:
     result = subprocess.run([sys.executable, "-m", "uplift.features", "--help"], capture_output=True, text=True,
                             check=True)
     assert "usage: uplift-features" in result.stdout and "--pictures-only" in result.stdout
+
+
+def test_tile_and_fast_write_the_same_features(checkpoint, photos, tmp_path, capsys) -> None:
+    """--tile (exact tiles) and --fast (the inference copy) change memory and speed, not the features."""
+    source = photos / "a.jpg"
+    common = ["--weights", str(checkpoint), "--device", "cpu", "--quiet", "--dtype", "float32"]
+    assert main([str(source), str(tmp_path / "plain"), *common]) == 0
+    assert main([str(source), str(tmp_path / "tiled"), *common, "--tile", "2", "--fast"]) == 0
+    plain, tiled = (_read(tmp_path / d / "a.safetensors")[0]["features"] for d in ("plain", "tiled"))
+    assert plain.shape == tiled.shape
+    assert float((tiled - plain).norm() / plain.norm()) <= 1e-5
+    assert main([str(source), str(tmp_path / "bad"), *common, "--tile", "0"]) == 2
+    assert "--tile must be a positive number" in capsys.readouterr().err

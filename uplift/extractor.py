@@ -273,8 +273,15 @@ def _run(work: Tensor, plan: SizePlan, backbone: Backbone, model: "UPLiFT", step
     extra: dict[str, Any] = {} if tile is None else {"tile": tile}
     with _precision(work.device, dtype):
         low_res, cls = backbone_features(backbone, work)
-        outputs = model(guide_image(work, backbone, model), low_res, steps=steps, return_all_steps=True, **extra)
-        dense = outputs[-1]
+        guide = guide_image(work, backbone, model)
+        outputs: Optional[list[Tensor]] = None
+        if return_steps:
+            outputs = model(guide, low_res, steps=steps, return_all_steps=True, **extra)
+            dense = outputs[-1]
+        elif out_hw is not None and not any(plan.pad):  # the model resizes (banded / tiled: never the whole last step)
+            dense, out_hw = model(guide, low_res, steps=steps, output_size=out_hw, **extra), None
+        else:
+            dense = model(guide, low_res, steps=steps, **extra)
         if out_hw is not None:
             if any(plan.pad):  # the raw grid covers the padded image: map it onto that, then cut the padding off
                 left, _, top, _ = plan.pad
@@ -282,7 +289,7 @@ def _run(work: Tensor, plan: SizePlan, backbone: Backbone, model: "UPLiFT", step
             dense = resize_bilinear(dense, out_hw)
     cast = (lambda t: t.to(dtype)) if dtype != torch.float32 else (lambda t: t.float())
     return Features(cast(dense), cast(low_res), None if cls is None else cast(cls),
-                    [cast(s) for s in outputs] if return_steps else None, plan.image, plan.work)
+                    None if outputs is None else [cast(s) for s in outputs], plan.image, plan.work)
 
 
 def dense_features(image01: Tensor, backbone: Backbone, model: "UPLiFT", *, policy: str = "resize",
@@ -406,6 +413,8 @@ class FeatureExtractor(nn.Module):
         device: default: CUDA when available, else CPU.
         dtype: ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` (autocast; features in that dtype).
         tile: passed to the UPLiFT call as ``tile=`` when not None (tiled inference of large images).
+        fast: use :meth:`UPLiFT.fast` (an inference copy: BatchNorm folded, channels-last, banded last step;
+            the same values to float rounding, faster and in less memory).
         cache_dir: the hub cache for released names.
     """
 
@@ -424,6 +433,7 @@ class FeatureExtractor(nn.Module):
         device: Union[None, str, torch.device] = None,
         dtype: torch.dtype = torch.float32,
         tile: Optional[int] = None,
+        fast: bool = False,
         cache_dir: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -438,7 +448,7 @@ class FeatureExtractor(nn.Module):
             from uplift.checkpoints import load_uplift
 
             model, reference = load_uplift(weights, config=config, cache_dir=cache_dir), weights
-        self.model = model.eval()
+        self.model = model.fast() if fast else model.eval()
         try:
             self.backbone = resolve_backbone(reference, backbone, backbone_pretrained, backbone_weights)
         except WeightsUnavailableError as err:

@@ -8,6 +8,7 @@ backbone) and ``<name>_pca.png`` (the image | the backbone's features | UPLiFT's
     uplift-features photo.jpg out/                                  # released dinov2-s14 + its DINOv2 backbone
     uplift-features photos/ out/ --weights dinov3-splus16            # a folder (recursive), subfolders kept
     uplift-features photos/ out/ --weights runs/x/checkpoints/last.ckpt --pictures-only
+    uplift-features big.tif out/ --max-pixels 0 --tile 32 --fast     # a large image at full size, bounded memory
     python -m uplift.features ...                                    # the same
 
 Unreadable, too-small and out-of-memory images are skipped with a warning that names them; every image's files
@@ -156,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="dtype of the saved dense features (default float16)")
     parser.add_argument("--compute-dtype", choices=sorted(DTYPES), default="float32",
                         help="precision of the computation (bfloat16/float16: autocast; default float32)")
+    parser.add_argument("--tile", type=int, default=None,
+                        help="compute each image's features in TILE x TILE feature-token tiles: the same values in the "
+                             "memory of one tile (for large images; e.g. 32)")
+    parser.add_argument("--fast", action="store_true",
+                        help="UPLiFT's fast inference mode (BatchNorm folded, channels-last: the same values, faster)")
     parser.add_argument("--pictures-only", action="store_true", help="write only the PCA pictures")
     parser.add_argument("--skip-existing", action="store_true",
                         help="skip images whose outputs exist (continue an interrupted run)")
@@ -173,6 +179,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     root = Path(args.input).expanduser()
     output_dir = Path(args.output).expanduser()
     output_size = _output_size(args.output_size)
+    if args.tile is not None and args.tile < 1:
+        raise ConfigError(f"--tile must be a positive number of feature tokens, got {args.tile}.")
     if args.max_pixels < 0:
         raise ConfigError(f"--max-pixels must be 0 (no bound) or positive, got {args.max_pixels}.")
     files = list_images(root, hint="Give an image file or a folder of images.")  # fails before any download
@@ -190,7 +198,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             args.weights, args.backbone, config=args.config, backbone_weights=args.backbone_weights,
             backbone_pretrained=False if args.backbone_random else None, policy=args.policy,
             max_pixels=args.max_pixels or None, steps=args.steps, output_size=output_size, device=device,
-            dtype=DTYPES[args.compute_dtype])
+            dtype=DTYPES[args.compute_dtype], tile=args.tile, fast=args.fast)
     except WeightsUnavailableError as err:
         raise WeightsUnavailableError(
             f"{err}\nWith {PROG}: pass local files, --weights /path/to/uplift_dinov2-s14.safetensors (or a "

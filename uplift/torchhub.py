@@ -20,7 +20,7 @@ Entry names and arguments are the release's (``uplift(variant, pretrained, inclu
 
 Differences: an image smaller than one patch is one clear error (the release resizes it to 0 pixels);
 ``low_mem`` is accepted and changes nothing (the Local Attender here is already linear in memory); ``fast=True``
-(the release's compiled/Triton fast mode) is refused with an error until this implementation has one. Extra
+gives :meth:`UPLiFT.fast` (BatchNorm folded, channels-last, banded last step: the same values, faster). Extra
 keywords of this implementation: ``weights`` (a local UPLiFT weights file: offline), ``backbone_pretrained`` /
 ``backbone_weights`` (a random or local backbone: offline), ``device``, ``max_pixels``, ``cache_dir``.
 """
@@ -37,7 +37,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from uplift.backbones import Backbone, VAEBackbone
-from uplift.errors import ConfigError, InputError
+from uplift.errors import InputError
 from uplift.extractor import as_image_batch, backbone_features, decode_image, guide_image, plan_size, prepare_image
 from uplift.hub import RELEASES
 from uplift.model import UPLiFT
@@ -45,9 +45,6 @@ from uplift.model import UPLiFT
 __all__ = ["ReleaseExtractor", "ReleaseUPLiFT", "load"]
 
 log = logging.getLogger(__name__)
-
-NO_FAST = ("fast=True (the release's compiled fast mode) is not available in this implementation yet; load without "
-           "fast=True (fast mode changes the speed, not what is computed).")
 
 
 class ReleaseUPLiFT(UPLiFT):
@@ -75,6 +72,8 @@ class ReleaseUPLiFT(UPLiFT):
 
     def forward(self, img: Tensor, x: Tensor,  # type: ignore[override]
                 outsize: Union[None, int, Sequence[int]] = None) -> Any:
+        if outsize is None and not self.return_all_steps:  # the last step only (a fast model bands it)
+            return super().forward(img, x, steps=self.iters)
         steps = super().forward(img, x, steps=self.iters, return_all_steps=True)
         if outsize is not None:
             return TVF.resize(steps[-1], outsize, interpolation=TVF.InterpolationMode.BILINEAR, antialias=True)
@@ -98,8 +97,6 @@ class ReleaseExtractor(nn.Module):
                  auto_resize: bool = True, low_mem: bool = False, fast: bool = False,
                  device: Union[None, str, torch.device] = None, max_pixels: Optional[int] = None) -> None:
         super().__init__()
-        if fast:
-            raise ConfigError(NO_FAST)
         self.device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.iters, self.out_size, self.no_transform = iters, out_size, no_transform
         self.return_steps, self.return_base_feat, self.silent = return_steps, return_base_feat, silent
@@ -110,6 +107,8 @@ class ReleaseExtractor(nn.Module):
         self.backbone_name = f"{name.split('/')[-1]}_vae" if self.extractor_type == "diff" else name
         self.patch = backbone.patch_size
         self.uplift = ReleaseUPLiFT.of(model).to(self.device).eval()
+        if fast:
+            self.uplift = self.uplift.fast()
         self.uplift.enable_iterative(iters)
         self.uplift.return_steps(return_steps)
         if not silent:
@@ -191,8 +190,6 @@ def load(variant: str = "dinov2-s14", pretrained: bool = True, include_extractor
 
     if variant not in RELEASES:
         raise ValueError(f"Unknown variant {variant!r}. Choose from: {list(RELEASES)}")
-    if fast:
-        raise ConfigError(NO_FAST)
     if pretrained or weights is not None:
         from uplift.checkpoints import load_uplift
 
@@ -206,6 +203,6 @@ def load(variant: str = "dinov2-s14", pretrained: bool = True, include_extractor
         released = ReleaseUPLiFT.of(model)
         if iters is not None:
             released.enable_iterative(iters)
-        return released
+        return released.fast() if fast else released
     backbone = resolve_backbone(variant, None, backbone_pretrained, backbone_weights)
-    return ReleaseExtractor(model, backbone, **kwargs)
+    return ReleaseExtractor(model, backbone, fast=fast, **kwargs)
