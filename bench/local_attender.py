@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -56,7 +55,7 @@ try:
 except ImportError:  # run from a checkout without installation
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe import CALIBRATION_BYTES, calibrate, peak_extra_bytes  # bench/probe.py (this script's folder)
+from probe import CALIBRATION_BYTES, calibrate, peak_extra_bytes, write_csv  # bench/probe.py (this script's folder)
 
 from uplift.attender import NEIGHBOURHOODS, local_attend
 
@@ -216,14 +215,6 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     for size, r in by_size.items():
         cells = " ".join(f"{r[m]['peak_extra_mb']:>9.2f} ({r[m]['peak_over_output']:>4.1f}x)" for m in names)
         print(f"{size:>5} {r['bands']['output_mb']:>9.2f} {r['bands']['weights_mb']:>10.2f} | {cells}")
-
-
-def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
 
 
 def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:

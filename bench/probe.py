@@ -1,4 +1,4 @@
-"""Peak extra memory of one call, for the benchmark scripts of this folder.
+"""Peak extra memory of one call, and the CSV writer, for the benchmark scripts of this folder.
 
 On CUDA the caching allocator keeps statistics: ``max_memory_allocated()`` after
 ``reset_peak_memory_stats()``, minus ``memory_allocated()`` before the call. On CPU torch keeps no
@@ -15,13 +15,15 @@ served from malloc's already resident heap).
 
 from __future__ import annotations
 
+import csv
 import os
 import resource
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-__all__ = ["CALIBRATION_BYTES", "calibrate", "peak_extra_bytes", "rss_bytes"]
+__all__ = ["CALIBRATION_BYTES", "calibrate", "peak_extra_bytes", "rss_bytes", "write_csv"]
 
 CALIBRATION_BYTES = 400_000_000
 
@@ -75,3 +77,12 @@ def peak_extra_bytes(run: Callable[[], object], device: str = "cpu") -> dict:
 def calibrate() -> dict:
     """The CPU probe on a known allocation (to be run in a fresh process): ``extra`` should read 400 MB."""
     return peak_extra_bytes(lambda: torch.ones(CALIBRATION_BYTES // 4))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    """One row per measurement, floats with 6 significant digits."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})

@@ -35,7 +35,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -224,14 +223,6 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
         print(f"  {m}: {why}")
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
-
-
 def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
     import matplotlib
 
@@ -308,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_probe(json.loads(args._probe))))
         return
     sys.path.insert(0, str(HERE))
-    from probe import CALIBRATION_BYTES
+    from probe import CALIBRATION_BYTES, write_csv
 
     start = time.perf_counter()
     calibration = _run_child({"method": "calibration"}, 600)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 __all__ = ["attend_bands", "BAND_BYTES"]
 
-Offsets = tuple[tuple[int, int], ...]
+from uplift.kernels import Offsets, autograd_function
 
 #: Output bytes per band (rows of cells, and columns of them for wide maps): fits a core's L2 cache.
 BAND_BYTES = 1 << 21
@@ -90,18 +90,7 @@ def _backward(grad: Tensor, weights: Tensor, vpad: Tensor, offsets: Offsets, sca
     )
 
 
-class _AttendBands(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weights: Tensor, vpad: Tensor, offsets: Offsets, scale: int) -> Tensor:
-        ctx.save_for_backward(weights, vpad)
-        ctx.offsets, ctx.scale = offsets, scale
-        return _forward(weights, vpad, offsets, scale)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        weights, vpad = ctx.saved_tensors
-        grad_w, grad_v = _backward(grad, weights, vpad, ctx.offsets, ctx.scale, *ctx.needs_input_grad[:2])
-        return grad_w, grad_v, None, None
+_AttendBands = autograd_function("_AttendBands", _forward, _backward)
 
 
 def attend_bands(weights: Tensor, vpad: Tensor, offsets: Offsets, scale: int) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 __all__ = ["attend_triton", "available", "interpreting"]
 
-Offsets = tuple[tuple[int, int], ...]
+from uplift.kernels import Offsets, autograd_function
 
 BLOCK_P, BLOCK_C = 64, 64
 
@@ -187,18 +187,7 @@ def _backward(grad: Tensor, weights: Tensor, vpad: Tensor, offsets: Offsets, sca
     return grad_w, grad_v
 
 
-class _AttendTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weights: Tensor, vpad: Tensor, offsets: Offsets, scale: int) -> Tensor:
-        ctx.save_for_backward(weights, vpad)
-        ctx.offsets, ctx.scale = offsets, scale
-        return _forward(weights, vpad, offsets, scale)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        weights, vpad = ctx.saved_tensors
-        grad_w, grad_v = _backward(grad, weights, vpad, ctx.offsets, ctx.scale, *ctx.needs_input_grad[:2])
-        return grad_w, grad_v, None, None
+_AttendTriton = autograd_function("_AttendTriton", _forward, _backward)
 
 
 def attend_triton(weights: Tensor, vpad: Tensor, offsets: Offsets, scale: int) -> Tensor:
