@@ -10,7 +10,8 @@ one feature per pixel with, side by side in one run:
 * ``plain``    -- ``UPLiFT`` of this checkout, as trained;
 * ``fast``     -- ``model.fast()`` (:mod:`uplift.fast`);
 * ``tiled``    -- ``model.fast().iter_tiles(..., tile=--tile)``, each tile consumed (reduced to its channel
-                  means, as a streaming consumer would) and dropped, so the whole output never exists;
+                  means, as a streaming consumer would) and dropped before the next one is computed, so the
+                  whole output never exists;
 * peers with ``--peer jafar=PATH`` (a checkout, loaded with ``torch.hub`` ``source="local"``), or
   ``--peer anyup`` / ``--peer loftup`` (from GitHub through ``torch.hub``): optional; a peer whose code
   or weights cannot be had is reported and skipped.
@@ -86,9 +87,11 @@ def _build(spec: dict):
         if method == "tiled":
             model, tile = model.fast(), spec["tile"]
 
-            def consume():
-                means = [part.mean(dim=(2, 3)) for _, part in model.iter_tiles(image, features, tile=tile,
-                                                                               output_size=output_size)]
+            def consume():  # a streaming consumer: each tile reduced, then dropped before the next is computed
+                means = []
+                for _, part in model.iter_tiles(image, features, tile=tile, output_size=output_size):
+                    means.append(part.mean(dim=(2, 3)))
+                    del part
                 return torch.stack(means)
 
             return consume, uplift.__file__
@@ -256,14 +259,14 @@ def plot(rows: list[dict], args: argparse.Namespace, path: Path) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="dinov3-splus16", help="model shapes: dinov3-splus16 (patch 16) or dinov2-s14")
-    p.add_argument("--sizes", type=int, nargs="+", help="image sides in pixels (default 256 .. 2048, 256 to 16k tokens at p16)")
+    p.add_argument("--sizes", type=int, nargs="+", help="image sides in pixels (default 256, 448, 512, 720, 1024, 1440, 2048: 256 to 16k tokens at p16)")
     p.add_argument("--methods", nargs="+", default=list(OURS), choices=OURS, help="our rows (default all)")
     p.add_argument("--baseline", type=lambda s: Path(s) if s else None,
                    help="folder holding the 'before' uplift package (e.g. a main-branch checkout; empty: none)")
     p.add_argument("--peer", action="append", default=[], metavar="NAME[=PATH]",
                    help=f"also time a peer: {', '.join(PEERS)} (PATH: a local checkout, else torch.hub from GitHub)")
     p.add_argument("--peer-kwargs", type=json.loads, default={}, help="JSON kwargs for the peers' hub entries")
-    p.add_argument("--tile", type=int, default=32, help="tile side in feature tokens for 'tiled' (default 32)")
+    p.add_argument("--tile", type=int, default=16, help="tile side in feature tokens for 'tiled' (default 16)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per method and size (default 3)")
     p.add_argument("--memory-cap", type=float, default=8.0, help="GiB a method may be expected to need (default 8)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per (method, size) process")
@@ -278,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.patch = UPLiFTConfig.preset(args.preset).patch_size
     if args.quick:
         args.sizes, args.repeats, args.tile = args.sizes or [2 * args.patch, 4 * args.patch], 1, 1
-    args.sizes = args.sizes or [256, 368, 512, 720, 1024, 1440, 2048]
+    args.sizes = args.sizes or [256, 448, 512, 720, 1024, 1440, 2048]
     bad = [s for s in args.sizes if s % args.patch]
     if bad:
         p.error(f"--sizes must be multiples of the patch size {args.patch}: {bad}")

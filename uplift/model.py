@@ -296,7 +296,9 @@ class UPLiFT(nn.Module):
         ``box`` (:class:`uplift.tiling.Box`) is where the tile's ``[B, C, box.height, box.width]`` features
         sit in the output of ``model(image, features, steps, output_size)``, which they equal exactly.
         Tiles are ``tile`` x ``tile`` feature tokens (the last row and column may be smaller); each is
-        computed from a crop of the inputs, so memory is that of one tile, whatever the image size.
+        computed from a crop of the inputs, so memory is that of one tile, whatever the image size. A loop
+        ``for box, part in model.iter_tiles(...)`` keeps ``part`` alive while the next tile is computed (two
+        tiles at once); ``del part`` at the end of the loop body keeps it to one.
         """
         from uplift.tiling import iter_tiles
 
