@@ -55,7 +55,7 @@ try:
 except ImportError:  # run from a checkout without installation
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from probe import CALIBRATION_BYTES, calibrate, peak_extra_bytes, write_csv  # bench/probe.py (this script's folder)
+from probe import CALIBRATION_BYTES, calibrate, peak_extra_bytes, write_results  # bench/probe.py (this script's folder)
 
 from uplift.attender import NEIGHBOURHOODS, local_attend
 
@@ -291,12 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     rows = run_benchmark(argparse.Namespace(**spec))
     print_table(rows, args)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"local_attender_{args.device.split(':')[0]}_{args.dtype}" + ("_quick" if args.quick else "")
-    csv_path, png_path = args.out / f"{stem}.csv", args.out / f"{stem}.png"
-    write_csv(rows, csv_path)
-    plot(rows, args, png_path)
-    print(f"\nTotal {time.perf_counter() - start:.1f} s. Wrote:\n  {csv_path}\n  {png_path}")
+    write_results(rows, args.out, stem, lambda r, path: plot(r, args, path), start)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ from __future__ import annotations
 import csv
 import os
 import resource
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-__all__ = ["CALIBRATION_BYTES", "calibrate", "peak_extra_bytes", "rss_bytes", "write_csv"]
+__all__ = ["CALIBRATION_BYTES", "calibrate", "peak_extra_bytes", "rss_bytes", "write_csv", "write_results"]
 
 CALIBRATION_BYTES = 400_000_000
 
@@ -86,3 +87,12 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
+
+
+def write_results(rows: list[dict], out: Path, stem: str, plot: Callable[[list[dict], Path], None], start: float) -> None:
+    """``out/stem.csv`` and ``out/stem.png`` (drawn by ``plot(rows, path)``), then where they are and the run's time."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, png_path = out / f"{stem}.csv", out / f"{stem}.png"
+    write_csv(rows, csv_path)
+    plot(rows, png_path)
+    print(f"\nTotal {time.perf_counter() - start:.1f} s. Wrote:\n  {csv_path}\n  {png_path}")

@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(_probe(json.loads(args._probe))))
         return
     sys.path.insert(0, str(HERE))
-    from probe import CALIBRATION_BYTES, write_csv
+    from probe import CALIBRATION_BYTES, write_results
 
     start = time.perf_counter()
     calibration = _run_child({"method": "calibration"}, 600)
@@ -312,12 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         raise SystemExit("nothing was measured")
     print_table(rows, args)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"scaling_cpu_{args.preset}" + ("_quick" if args.quick else "")
-    csv_path, png_path = args.out / f"{stem}.csv", args.out / f"{stem}.png"
-    write_csv(rows, csv_path)
-    plot(rows, args, png_path)
-    print(f"\nTotal {time.perf_counter() - start:.1f} s. Wrote:\n  {csv_path}\n  {png_path}")
+    write_results(rows, args.out, stem, lambda r, path: plot(r, args, path), start)
 
 
 if __name__ == "__main__":
