@@ -230,3 +230,17 @@ def test_no_la_equals_the_release_without_attender() -> None:
             assert float((ours - expected).norm() / expected.norm()) <= 1e-5
         tiled = model.fast()(case["input.image"], case["input.features"], steps=2, tile=2)
         assert float((tiled - case["output.step2"]).norm() / case["output.step2"].norm()) <= 1e-5
+
+
+def test_numpy_and_torch_integers_are_accepted_floats_are_not(model) -> None:
+    import numpy as np
+
+    image, feats = torch.rand(1, 3, 56, 56), torch.randn(1, 8, 4, 4)
+    expected = model(image, feats, steps=2, output_size=(30, 40))
+    same = model(image, feats, steps=np.int64(2), output_size=(np.int32(30), torch.tensor(40)))
+    assert torch.equal(same, expected)
+    tiled = model(image, feats, steps=2, output_size=torch.Size([30, 40]), tile=np.int64(2))
+    assert float((tiled - expected).norm() / expected.norm()) <= 1e-5  # tiles: equal to float rounding
+    for bad in ({"steps": 2.0}, {"output_size": (30.0, 40)}, {"output_size": (30, True)}, {"tile": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            model(image, feats, **{"steps": 2, **bad})

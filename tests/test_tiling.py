@@ -181,3 +181,19 @@ def test_noise_is_a_function_of_position() -> None:
     a = Noise.draw().seed
     torch.manual_seed(3)
     assert int(Noise.draw().seed) == int(a) and int(Noise.draw().seed) != int(a)
+
+
+def test_tiles_and_fast_mode_backpropagate_like_the_untiled_model() -> None:
+    """Outside ``torch.no_grad`` the tiled and fast paths stay differentiable: the same gradient w.r.t. the
+    features (the in-place products fall back to ones autograd can differentiate)."""
+    torch.manual_seed(0)
+    model = _randomise_norms(UPLiFT(tiny_config(14)))
+    image, feats = torch.randn(1, 3, 56, 70), torch.randn(1, 8, 4, 5, requires_grad=True)
+
+    def grad(module: UPLiFT, **kwargs) -> torch.Tensor:
+        out = module(image, feats, steps=3, output_size=(56, 70), **kwargs)
+        return torch.autograd.grad(out.square().sum(), [feats])[0]
+
+    expected = grad(model)
+    assert _rel(grad(model, tile=2), expected) <= 1e-5
+    assert _rel(grad(model.fast()), expected) <= 1e-5

@@ -8,6 +8,7 @@ whose output could never fit in the device's memory (refused from the size, befo
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from typing import Optional, Sequence
 
@@ -92,8 +93,9 @@ def check_upsampler_inputs(
     return_all_steps: bool = False,
     tile: Optional[int] = None,
     assert_finite_async: bool = False,
-) -> None:
-    """Raise one :class:`~uplift.errors.InputError` (a ``ValueError``) naming the problem and the fix.
+) -> tuple[int, Optional[tuple[int, int]], Optional[int]]:
+    """Raise one :class:`~uplift.errors.InputError` (a ``ValueError``) naming the problem and the fix; return
+    ``(steps, output_size, tile)`` as Python ints (numpy and torch integers are accepted).
 
     ``assert_finite_async``: check NaN/inf with ``torch._assert_async`` (no host-device sync; the error
     surfaces at the next sync) instead of reading the flag on the host; always so while compiling."""
@@ -125,25 +127,36 @@ def check_upsampler_inputs(
             f"patch size {patch} give a {h // patch}x{w // patch} grid. Pass the image the features were computed from."
         )
     _check_dtypes(name, image, features, weights)
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if not _is_int(steps) or steps < 1:
         raise InputError(f"`steps` must be a positive integer number of 2x steps, got {steps!r}.")
     if output_size is not None:
         if return_all_steps:
             raise InputError("Pass either `output_size` or `return_all_steps=True`, not both.")
-        if isinstance(output_size, int):
+        if _is_int(output_size):
             raise InputError(f"`output_size` must be (height, width), got the int {output_size}: pass "
                              f"({output_size}, {output_size}) for a square (uplift.FeatureExtractor reads an int "
                              f"as the short side).")
-        if len(output_size) != 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in output_size):
+        if not isinstance(output_size, Sequence) or len(output_size) != 2 or any(not _is_int(s) or s < 1 for s in output_size):
             raise InputError(f"`output_size` must be (height, width) positive ints, got {output_size!r}.")
     if tile is not None:
-        if not isinstance(tile, int) or isinstance(tile, bool) or tile < 1:
+        if not _is_int(tile) or tile < 1:
             raise InputError(f"`tile` must be a positive number of feature tokens per tile side (or None), got {tile!r}.")
         if return_all_steps:
             raise InputError("Pass either `tile` or `return_all_steps=True`, not both: tiles are of the last step.")
+    steps = int(steps)
+    output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
+    tile = None if tile is None else int(tile)
     _check_size(name, features, steps, output_size, tile)
     finite = torch.isfinite(features).all()
     if torch.compiler.is_compiling() or assert_finite_async:
         torch._assert_async(finite, NON_FINITE)
     elif not finite:
         raise InputError(NON_FINITE)
+    return steps, output_size, tile
+
+
+def _is_int(value: object) -> bool:
+    """A Python, numpy or 0-d torch integer (not a bool)."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

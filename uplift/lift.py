@@ -157,7 +157,7 @@ class LiFT(nn.Module):
             output_size: ``(height, width)``: bilinearly resize the last step to this size.
             return_all_steps: return the list of all step outputs instead of the last one.
         """
-        self.check_inputs(image, features, steps, output_size, return_all_steps)
+        steps, output_size, _ = self.check_inputs(image, features, steps, output_size, return_all_steps)
         outputs = []
         x = features
         for k in range(steps):
@@ -178,10 +178,10 @@ class LiFT(nn.Module):
         steps: int,
         output_size: Optional[Sequence[int]] = None,
         return_all_steps: bool = False,
-    ) -> None:
+    ) -> tuple[int, Optional[tuple[int, int]], Optional[int]]:
         """Raise one ``ValueError`` naming the problem and the fix (:func:`uplift.inputs.check_upsampler_inputs`)."""
         weights = next(self.parameters()).dtype
-        check_upsampler_inputs("LiFT", image, features, patch=self.patch_size, channels=self.feature_channels,
+        return check_upsampler_inputs("LiFT", image, features, patch=self.patch_size, channels=self.feature_channels,
                                weights=weights, steps=steps, output_size=output_size, return_all_steps=return_all_steps)
 
     def num_parameters(self) -> int:

@@ -242,7 +242,7 @@ class UPLiFT(nn.Module):
                 memory of one tile beside the output (:mod:`uplift.tiling`; None: untiled).
         """
         steps = self.config.native_steps if steps is None else steps
-        self.check_inputs(image, features, steps, output_size, return_all_steps, tile)
+        steps, output_size, tile = self.check_inputs(image, features, steps, output_size, return_all_steps, tile)
         if tile is not None or (self.is_fast and not return_all_steps):
             from uplift.tiling import upsample
 
@@ -273,11 +273,12 @@ class UPLiFT(nn.Module):
         output_size: Optional[Sequence[int]] = None,
         return_all_steps: bool = False,
         tile: Optional[int] = None,
-    ) -> None:
+    ) -> tuple[int, Optional[tuple[int, int]], Optional[int]]:
         """Raise one ``ValueError`` naming the problem and the fix for inputs the model cannot use
-        (:func:`uplift.inputs.check_upsampler_inputs`). The NaN/inf check of a :meth:`fast` model on GPU is
-        asserted on the device (no host sync per call; the error surfaces at the next sync)."""
-        check_upsampler_inputs(
+        (:func:`uplift.inputs.check_upsampler_inputs`); return ``(steps, output_size, tile)`` as Python ints.
+        The NaN/inf check of a :meth:`fast` model on GPU is asserted on the device (no host sync per call;
+        the error surfaces at the next sync)."""
+        return check_upsampler_inputs(
             "UPLiFT", image, features, patch=self.patch_size, channels=self.feature_channels,
             weights=self.weights_dtype, steps=steps, output_size=output_size, return_all_steps=return_all_steps,
             tile=tile, assert_finite_async=self.is_fast and features.device.type != "cpu",
@@ -303,7 +304,7 @@ class UPLiFT(nn.Module):
         from uplift.tiling import iter_tiles
 
         steps = self.config.native_steps if steps is None else steps
-        self.check_inputs(image, features, steps, output_size, tile=tile)
+        steps, output_size, tile = self.check_inputs(image, features, steps, output_size, tile=tile)
         return iter_tiles(self, image, features, steps, output_size, tile)
 
     # ------------------------------------------------------------------ fast inference

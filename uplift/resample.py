@@ -317,8 +317,9 @@ def _axis_plan_cached(resize: Resize, out: Span, origin: int, size: int, clamp: 
 
 
 def _mul_into(a: Tensor, b: Tensor, out: Tensor) -> None:
-    """``out[...] = a * b`` with no temporary (``torch.compile`` cannot trace ``out=`` into a view)."""
-    if torch.compiler.is_compiling():
+    """``out[...] = a * b`` with no temporary (``torch.compile`` cannot trace ``out=`` into a view, and
+    autograd cannot differentiate it: both get the temporary)."""
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)):
         out.copy_(a * b)
     else:
         torch.mul(a, b, out=out)
