@@ -230,6 +230,17 @@ def test_dtype_and_device(parts) -> None:
         _extractor(parts, dtype=torch.float64)
     with pytest.raises(ConfigError, match="Unknown size policy 'crop'"):
         _extractor(parts, policy="crop")
+    with pytest.raises(ConfigError, match="tile must be None or a positive number"):
+        _extractor(parts, tile=0)
+
+
+def test_fast_and_tiles_give_the_same_features(parts) -> None:
+    photo = _photo(70, 98)
+    reference = _extractor(parts).extract(photo).features
+    for kwargs in ({"fast": True}, {"tile": 2}, {"fast": True, "tile": 3}):
+        features = _extractor(parts, **kwargs).extract(photo).features
+        assert features.shape == reference.shape
+        assert float((features - reference).norm() / reference.norm()) <= 1e-5, kwargs
 
 
 def test_bad_inputs_are_one_clear_error(parts) -> None:

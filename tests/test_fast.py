@@ -106,3 +106,12 @@ def test_fast_compiles_without_graph_breaks() -> None:
         bad[0, 0, 1, 1] = float("inf")
         with pytest.raises(RuntimeError, match="NaN or inf"):  # asserted on the device, not a host sync
             compiled(image, bad, output_size=(30, 44))
+
+
+def test_fast_leaves_the_random_stream_alone() -> None:
+    """Folding BatchNorm builds new convolutions without a random initialisation: code that seeds, builds a
+    fast copy, then builds something random gets what it got without the fast copy."""
+    model = UPLiFT(tiny_config(14))
+    state = torch.random.get_rng_state()
+    model.fast()
+    assert torch.equal(torch.random.get_rng_state(), state)

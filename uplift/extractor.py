@@ -442,6 +442,8 @@ class FeatureExtractor(nn.Module):
         if policy not in POLICIES:
             raise ConfigError(f"Unknown size policy {policy!r}; choose one of {', '.join(POLICIES)}.")
         _precision(torch.device("cpu"), dtype)  # validates dtype before anything is downloaded
+        if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 1):
+            raise ConfigError(f"tile must be None or a positive number of feature tokens, got {tile!r}.")
         if isinstance(weights, UPLiFT):
             model, reference = weights, weights
         else:

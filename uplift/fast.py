@@ -36,9 +36,10 @@ __all__ = ["fold_batchnorm", "make_fast"]
 @torch.no_grad()
 def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
     """One convolution computing ``norm(conv(x))`` with ``norm``'s running statistics (eval mode)."""
-    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                      conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
-    fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    # skip_init: no random initialisation (every weight is overwritten), so fast() leaves the RNG stream alone
+    fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                               conv.padding, conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                               device=conv.weight.device, dtype=conv.weight.dtype)
     var, mean = norm.running_var.double(), norm.running_mean.double()
     gain = torch.rsqrt(var + norm.eps) * (norm.weight.double() if norm.weight is not None else 1.0)
     shift = norm.bias.double() if norm.bias is not None else torch.zeros_like(mean)
