@@ -10,13 +10,14 @@ Lightning is imported here, not in ``uplift/__init__``: the core stays importabl
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-__all__ = ["FINISHED", "main", "read_finished", "run_cli", "unknown_config_keys", "user_error", "without_ckpt_path"]
+from uplift.errors import report_user_error
+
+__all__ = ["FINISHED", "main", "read_finished", "run_cli", "unknown_config_keys", "without_ckpt_path"]
 
 #: Written into ``trainer.default_root_dir`` by a fit that ran to its end, with the arguments that produced it:
 #: what tells a finished run from an interrupted one (whose ``last.ckpt`` exists too).
@@ -376,27 +377,6 @@ def _output_size(resolution: int, steps: int) -> int:
     return resolution * 2**steps
 
 
-def user_error(err: BaseException) -> Optional[BaseException]:
-    """The error meant for the user (bad input, missing data or weights) in ``err``'s chain.
-
-    jsonargparse wraps errors raised while building the configured classes in a long "does not
-    validate against any of the Union subtypes" message; the user needs only the original one. Our
-    own errors (which already say what to do) win over the library errors they wrap.
-    """
-    from uplift.errors import UPLiFTError
-
-    ours = UPLiFTError
-    found, seen = None, set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, ours):
-            return err
-        if isinstance(err, (ValueError, FileNotFoundError)):
-            found = err
-        err = err.__cause__ or err.__context__
-    return found
-
-
 def main(args: Optional[list[str]] = None) -> None:
     """Entry point of ``uplift``. Bad input ends in one ``uplift: error: ...`` message (exit 2); a run stopped by
     a signal saves, says where to resume from and exits with 128 + the signal's number; set
@@ -412,10 +392,8 @@ def main(args: Optional[list[str]] = None) -> None:
         print("uplift: interrupted by SIGINT outside the training loop; nothing was saved.", file=sys.stderr)
         raise SystemExit(130) from None
     except Exception as err:
-        user = user_error(err)
-        if user is None or os.environ.get("UPLIFT_TRACEBACK"):
+        if not report_user_error("uplift", err):
             raise
-        print(f"uplift: error: {user}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -26,7 +26,8 @@ from datamodules.transforms import batch_flipped, jafar_probe_transform
 from tasks import BackboneConfig
 from tasks.depth import DEPTH_METRICS, DepthLoss, DepthMetric, DepthProbeTask, GradientLoss, SigLoss
 from tests.conftest import REPO
-from tasks.cli import user_error, main, run_cli
+from tasks.cli import main, run_cli
+from uplift.errors import user_error
 from uplift.imageio import load_rgb
 from uplift.hub import WeightsUnavailableError
 from uplift.upsamplers import Bilinear, Upsampler

@@ -178,4 +178,4 @@ def test_tile_and_fast_write_the_same_features(checkpoint, photos, tmp_path, cap
     assert plain.shape == tiled.shape
     assert float((tiled - plain).norm() / plain.norm()) <= 1e-5
     assert main([str(source), str(tmp_path / "bad"), *common, "--tile", "0"]) == 2
-    assert "--tile must be a positive number" in capsys.readouterr().err
+    assert "tile must be None or a positive number of feature tokens, got 0" in capsys.readouterr().err

@@ -9,8 +9,12 @@ caller would expect (``ValueError`` for bad input, ``RuntimeError`` for what the
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Optional
+
 __all__ = ["UPLiFTError", "InputError", "ConfigError", "WeightsError", "WeightsUnavailableError",
-           "CheckpointMismatchError", "UpsamplerUnavailableError"]
+           "CheckpointMismatchError", "UpsamplerUnavailableError", "report_user_error", "user_error"]
 
 
 class UPLiFTError(Exception):
@@ -39,3 +43,31 @@ class WeightsUnavailableError(UPLiFTError, RuntimeError):
 
 class UpsamplerUnavailableError(UPLiFTError, RuntimeError):
     """A peer upsampler's code or weights could not be loaded (offline, not installed, ...)."""
+
+
+def user_error(err: BaseException) -> Optional[BaseException]:
+    """The error meant for the user (bad input, missing data or weights) in ``err``'s chain, or None.
+
+    Libraries wrap the errors raised inside them (jsonargparse: "does not validate against any of the Union
+    subtypes"); the user needs only the original. Our own errors (which already say what to do) win over the
+    ``ValueError``/``FileNotFoundError`` they wrap or are wrapped in.
+    """
+    found, seen = None, set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, UPLiFTError):
+            return err
+        if isinstance(err, (ValueError, FileNotFoundError)):
+            found = err
+        err = err.__cause__ or err.__context__
+    return found
+
+
+def report_user_error(prog: str, err: BaseException, hint: str = "") -> bool:
+    """Print ``<prog>: error: <message>`` (and ``hint`` on the next line) for an error meant for the user and
+    return True; return False (the caller re-raises) for anything else, or when ``UPLIFT_TRACEBACK=1``."""
+    user = user_error(err)
+    if user is None or os.environ.get("UPLIFT_TRACEBACK"):
+        return False
+    print(f"{prog}: error: {user}" + (f"\n{hint}" if hint else ""), file=sys.stderr)
+    return True

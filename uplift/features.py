@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
-from uplift.errors import ConfigError, InputError, UPLiFTError, WeightsUnavailableError
+from uplift.errors import ConfigError, InputError, WeightsUnavailableError, report_user_error
 from uplift.extractor import DEFAULT_MAX_PIXELS, POLICIES, RAW
 from uplift.outputs import check_writable, output_stems, replace_atomically
 
@@ -179,8 +178,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     root = Path(args.input).expanduser()
     output_dir = Path(args.output).expanduser()
     output_size = _output_size(args.output_size)
-    if args.tile is not None and args.tile < 1:
-        raise ConfigError(f"--tile must be a positive number of feature tokens, got {args.tile}.")
     if args.max_pixels < 0:
         raise ConfigError(f"--max-pixels must be 0 (no bound) or positive, got {args.max_pixels}.")
     files = list_images(root, hint="Give an image file or a folder of images.")  # fails before any download
@@ -226,10 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s")
     try:
         run(args)
-    except (UPLiFTError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("UPLIFT_TRACEBACK"):
+    except Exception as err:
+        if not report_user_error(PROG, err):
             raise
-        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the images finished so far are in {args.output} (run again with "

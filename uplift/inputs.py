@@ -68,7 +68,9 @@ def _check_size(name: str, features: Tensor, steps: int, output_size: Optional[S
         h, w = min(h, tile), min(w, tile)
     elements = b * c * (h << steps) * (w << steps)
     if output_size is not None and tile is None:
-        elements = max(elements // 4, b * c * output_size[0] * output_size[1])  # fast mode never holds the last step
+        # a lower bound either way: a fast model writes the last step straight into the resized output, but the
+        # step before it (a quarter of the last step's size) and the output exist
+        elements = max(elements // 4, b * c * output_size[0] * output_size[1])
     need = elements * features.element_size()
     have = device_memory_bytes(features.device)
     if have is not None and need > have:

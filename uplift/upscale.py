@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from uplift.backbones import check_backbone_fits
-from uplift.errors import ConfigError, UPLiFTError, WeightsUnavailableError
+from uplift.errors import ConfigError, WeightsUnavailableError, report_user_error
 from uplift.imageio import list_images, load_rgb, pil_to_tensor
 from uplift.outputs import check_writable, output_stems, replace_atomically
 
@@ -198,10 +197,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s")
     try:
         run(args)
-    except (UPLiFTError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("UPLIFT_TRACEBACK"):
+    except Exception as err:
+        if not report_user_error(PROG, err):
             raise
-        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

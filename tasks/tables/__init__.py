@@ -45,18 +45,13 @@ def config_stamp(config: str | Path) -> list[str]:
 def main_guard(prog: str, main: Callable[[], int]) -> int:
     """Run a driver; an error meant for the user (bad option, missing data or weights) ends in one line
     ``<prog>: error: ...`` and exit status 2, as the ``uplift`` command (``UPLIFT_TRACEBACK=1``: the traceback)."""
-    import os
-    import sys
-
-    from tasks.cli import user_error
+    from uplift.errors import report_user_error
 
     try:
         return main()
     except Exception as err:
-        user = user_error(err)
-        if user is None or os.environ.get("UPLIFT_TRACEBACK"):
+        if not report_user_error(prog, err):
             raise
-        print(f"{prog}: error: {user}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -101,7 +96,8 @@ def fit_once(config: str | Path, args: Sequence[str], run_dir: Path) -> Path:
 def test_metrics(config: str | Path, args: Sequence[str], keys: Sequence[str],
                  optional: Sequence[str] = ()) -> dict[str, float]:
     """``uplift test --config config *args``: the logged values of ``keys`` (and of those of ``optional`` it logged)."""
-    from tasks.cli import run_cli, user_error
+    from tasks.cli import run_cli
+    from uplift.errors import user_error
     from uplift.upsamplers import UpsamplerUnavailableError
 
     try:

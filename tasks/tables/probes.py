@@ -314,7 +314,7 @@ def peer_init(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def run_cell(config: str, args: Sequence[str], run_dir: Path, metrics: Sequence[str]) -> dict[str, Any]:
     """Fit (once) then test one probe in ``run_dir``; returns the metrics, or raises :class:`RowUnavailable`."""
-    from tasks.cli import user_error
+    from uplift.errors import user_error
     from uplift.upsamplers import UpsamplerUnavailableError
 
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
@@ -555,20 +555,17 @@ def write_results(runner: Runner, table: ProbeTable, cells: dict[tuple[str, str]
 
 def run_table(runner: Runner, table: ProbeTable) -> int:
     """Compute ``table`` (cached cells are reused), write ``tableN.{md,csv}`` and print it."""
-    import os
-
-    from tasks.cli import user_error
+    from uplift.errors import report_user_error
 
     if runner.tiny:
         print(TINY_BANNER, flush=True)
     try:
         cells, timings = compute(runner, table)
     except Exception as err:  # missing data or weights: one message that says what to do (finished work is kept)
-        user = user_error(err)
-        if user is None or os.environ.get("UPLIFT_TRACEBACK"):
+        if not report_user_error(f"reproduce-table{table.number}", err,
+                                 f"Finished cells and models are kept in {runner.results}; run the same command "
+                                 f"again to continue."):
             raise
-        print(f"reproduce-table{table.number}: error: {user}\nFinished cells and models are kept in {runner.results}; "
-              f"run the same command again to continue.", file=sys.stderr)
         return 2
     md, _ = write_results(runner, table, cells, timings)
     report(md, cells, runner.tiny)
