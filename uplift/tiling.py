@@ -17,6 +17,12 @@ those are exact too. Each step's output is kept only on the rows the next step r
 along), and the last step runs in row bands written straight into the output (or its resize), so the
 largest temporary is one band.
 
+The encoder, the costliest stage at full resolution, is not recomputed under the halos along a row of
+tiles: each tile hands the next one the encoder outputs on the columns they share (:class:`_Carry`, at
+the resolutions the next tile reads them), so a row's encoder runs about once per column. Memory stays
+that of a tile; the halo's recomputation is left only across rows (sharing there would hold a whole
+row of full-resolution encoder outputs).
+
 :func:`upsample` is what ``model(..., tile=T)`` and the fast model call; :func:`iter_tiles` yields the
 tiles one by one for consumers that never hold the whole output. All the geometry of a call (every
 span of every tile and band) is worked out first, in plain Python (:func:`plan_call`, a constant for
@@ -275,41 +281,64 @@ class _Encoded(NamedTuple):
         return outputs, crops
 
 
-def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
-            fmt: torch.memory_format) -> _Encoded:
-    """The encoder on the plan's encoder span, in row bands of at most ``ENCODER_BAND_PIXELS`` pixels
-    (each with the encoder's reach of extra rows), keeping of each band only what the steps read."""
-    ay, ax = plan.axes
-    crop = image[..., rows.image.slice(0), cols.image.slice(0)]
-    if ay.pre_resize is not None or ax.pre_resize is not None:
-        crop = resample(crop, rows=None if ay.pre_resize is None else (ay.pre_resize, rows.encoder, rows.image.start),
-                        cols=None if ax.pre_resize is None else (ax.pre_resize, cols.encoder, cols.image.start))
-    crop = crop.contiguous(memory_format=fmt)
-    stride, token, groups = plan.stride, 1 << ay.native, len(model.encoder.out_channels)
-    keep = {i % groups for i in model.encoder_reads} - ({groups - 1} if stride > 1 else set())
-    span, fine_rows, fine_cols = rows.encoder, rows.fine, cols.fine
-    height = max(token, ENCODER_BAND_PIXELS // max(len(cols.encoder), 1) // token * token)
-    where = Crop(span.start, cols.encoder.start, ay.encoder, ax.encoder)
-    fine: list[Optional[Tensor]] = [None] * groups
-    coarse: list[Optional[Tensor]] = [None] * groups
+class _Carry(NamedTuple):
+    """What a tile hands the next tile of its row: the encoder outputs on the columns both read, so the
+    encoder runs once per column of a tile row (up to its reach), not once per tile that reads it."""
+
+    left: int  # the next tile's first encoder column
+    stop: int  # columns [left, stop) are handed over; the next tile computes from ``stop`` on
+    coarse: list[Optional[Tensor]]  # every other pixel over [left, stop)
+    last: Optional[Tensor]  # the last group at the plan's stride over [left, stop)
+    fine_left: int
+    fine: list[Optional[Tensor]]  # full resolution over [fine_left, stop) (the next tile's fine span)
+
+
+class _Handover:
+    """The hand-over along one tile row: the carry the next tile takes (and so frees once it is used)."""
+
+    def __init__(self) -> None:
+        self.carry: Optional[_Carry] = None
+
+    def take(self) -> Optional[_Carry]:
+        carry, self.carry = self.carry, None
+        return carry
+
+
+def _join(parts: Sequence[Optional[Tensor]]) -> Optional[Tensor]:
+    """Concatenate column pieces (``None`` or empty: absent)."""
+    present = [p for p in parts if p is not None and p.shape[-1] > 0]
+    if not present:
+        return None
+    return present[0] if len(present) == 1 else torch.cat(present, dim=-1)
+
+
+def _encode_bands(model: "UPLiFT", crop: Tensor, span: Span, computed: Span, start: int,
+                  kinds: dict[str, tuple[Span, Span, int]], stride: int, keep: set[int],
+                  fmt: torch.memory_format) -> tuple[dict[str, list[Optional[Tensor]]], Optional[Tensor]]:
+    """The encoder on ``crop`` (encoder rows ``span`` x columns ``computed``) in row bands of at most
+    ``ENCODER_BAND_PIXELS`` pixels, each with the encoder's reach of extra rows. Of each band it keeps,
+    per kind of store ``(rows, columns, step)``, the kept groups' every ``step``-th row and column there,
+    and the last group at ``stride`` from column ``start`` on (when ``stride`` > 1)."""
+    groups, margin, token = len(model.encoder.out_channels), model.reach.encoder, 1 << model.reach.native
+    stores: dict[str, list[Optional[Tensor]]] = {kind: [None] * groups for kind in kinds}
     last: Optional[Tensor] = None
-    margin = model.reach.encoder
-    for start in range(span.start, span.stop, height):
-        band = Span(start, min(span.stop, start + height))
+    height = max(token, ENCODER_BAND_PIXELS // max(len(computed), 1) // token * token)
+    for band_start in range(span.start, span.stop if start < computed.stop else span.start, height):
+        band = Span(band_start, min(span.stop, band_start + height))
         src = band.grow(margin).clip(span.stop)
         src = Span(max(span.start, src.start // stride * stride), src.stop)  # strided outputs stay aligned
         outputs = model.encoder(crop[..., src.slice(span.start), :], last_stride=stride, keep=keep | {groups - 1})
         whole = band == span  # one band: keep views, no copies
         for i in keep:
             y = outputs[i][..., band.slice(src.start), :]
-            parts = ((fine, fine_rows, 1, fine_cols.slice(cols.encoder.start)),
-                     (coarse, span, 2, slice(None, None, 2)))
-            for store, store_rows, step, col_slice in parts:
+            for kind, (store_rows, store_cols, step) in kinds.items():
                 have = Span(max(band.start, store_rows.start), min(band.stop, store_rows.stop))
-                if have.stop <= have.start:
+                if have.stop <= have.start or store_cols.stop <= store_cols.start:
                     continue
                 first = store_rows.start + -(-(have.start - store_rows.start) // step) * step  # on the store's grid
-                piece = y[..., first - band.start : have.stop - band.start : step, col_slice]
+                piece = y[..., first - band.start : have.stop - band.start : step,
+                          store_cols.start - computed.start : store_cols.stop - computed.start : step]
+                store = stores[kind]
                 if whole:
                     store[i] = piece
                     continue
@@ -319,7 +348,8 @@ def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols
                 offset = (first - store_rows.start) // step
                 store[i][..., offset : offset + piece.shape[-2], :] = piece
         if stride > 1:
-            y = outputs[-1][..., (band.start - src.start) // stride : -(-(band.stop - src.start) // stride), :]
+            y = outputs[-1][..., (band.start - src.start) // stride : -(-(band.stop - src.start) // stride),
+                            (start - computed.start) // stride :]
             if whole:
                 last = y
             else:
@@ -328,19 +358,93 @@ def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols
                                        device=y.device, memory_format=fmt)
                 offset = (band.start - span.start) // stride
                 last[..., offset : offset + y.shape[-2], :] = y
-    return _Encoded(
+    return stores, last
+
+
+def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
+            fmt: torch.memory_format, row: Optional[_Handover] = None,
+            following: Optional[AxisPlan] = None) -> _Encoded:
+    """The encoder on the plan's encoder span, in row bands of at most ``ENCODER_BAND_PIXELS`` pixels
+    (each with the encoder's reach of extra rows), keeping of each band only what the steps read.
+
+    ``row``: the tile row's hand-over. The previous tile of the row left there the outputs on the columns
+    this tile shares with it: only the columns past them are computed (with the encoder's reach of extra
+    columns). This tile leaves there what the ``following`` one (its column plan; None: the row's last
+    tile) will share with it."""
+    ay, ax = plan.axes
+    stride, groups = plan.stride, len(model.encoder.out_channels)
+    keep = {i % groups for i in model.encoder_reads} - ({groups - 1} if stride > 1 else set())
+    margin, align = model.reach.encoder, max(2, stride)  # new columns start on the strided stores' grid
+    span, fine_rows, cols_span, fine_cols = rows.encoder, rows.fine, cols.encoder, cols.fine
+    carry = None if row is None else row.take()
+    if carry is not None and carry.left != cols_span.start:
+        carry = None
+    start = cols_span.start if carry is None else carry.stop  # first column computed here
+    computed = Span(cols_span.start if carry is None else max(0, (start - margin) // align * align), cols_span.stop)
+    image_cols = computed if ax.pre_resize is None else footprint(ax.pre_resize, computed)
+    crop = image[..., rows.image.slice(0), image_cols.slice(0)]
+    if ay.pre_resize is not None or ax.pre_resize is not None:
+        crop = resample(crop, rows=None if ay.pre_resize is None else (ay.pre_resize, rows.encoder, rows.image.start),
+                        cols=None if ax.pre_resize is None else (ax.pre_resize, computed, image_cols.start))
+    crop = crop.contiguous(memory_format=fmt)
+
+    # the next tile of the row reads columns [left, stop) of this one: handed over, they are not computed
+    # again; at full resolution (which this tile has from ``sharp`` on) on the next tile's fine span.
+    handover: Optional[Span] = None  # the next tile's full-resolution columns among them
+    sharp = start if carry is None else carry.fine_left
+    if following is not None:
+        # columns within the encoder's reach of the crop's cut edge are not exact; at the image's edge they are
+        stop = cols_span.stop if cols_span.stop == ax.encoder else (cols_span.stop - margin) // align * align
+        left = following.encoder.start
+        wanted = following.fine if len(following.fine) else Span(stop, stop)
+        if cols_span.start <= left < stop and start < stop and wanted.start >= sharp:
+            handover = Span(wanted.start, max(wanted.start, stop))  # to ``stop``: the tiles after it read on
+    new_fine = Span(max(start, fine_cols.start), fine_cols.stop)
+    kinds = {"fine": (fine_rows, new_fine, 1), "coarse": (span, Span(start, cols_span.stop), 2)}
+    if handover is not None:
+        kinds["handover"] = (fine_rows, Span(max(handover.start, start), handover.stop), 1)
+    stores, last = _encode_bands(model, crop, rows.encoder, computed, start, kinds, stride, keep, fmt)
+
+    # this tile's stores: what it was handed, then what it computed
+    fine, coarse, passing = stores["fine"], stores["coarse"], stores.get("handover", [None] * groups)
+    if carry is not None:
+        def handed_part(span: Span) -> Span:  # the columns of ``span`` this tile was handed
+            return Span(span.start, max(span.start, min(span.stop, start)))
+
+        ours, theirs = handed_part(fine_cols), Span(0, 0) if handover is None else handed_part(handover)
+        for i in keep:
+            handed = carry.fine[i]
+            fine[i] = _join([None if len(ours) <= 0 else handed[..., ours.slice(carry.fine_left)], fine[i]])
+            passing[i] = _join([None if len(theirs) <= 0 else handed[..., theirs.slice(carry.fine_left)], passing[i]])
+            coarse[i] = _join([carry.coarse[i], coarse[i]])
+        last = _join([carry.last, last])
+        del carry, handed
+    if row is not None and handover is not None:
+        row.carry = _Carry(
+            left, stop,
+            [None if c is None else c[..., (left - cols_span.start) // 2 : (stop - cols_span.start) // 2].contiguous(memory_format=fmt)
+             for c in coarse],
+            None if last is None else
+            last[..., (left - cols_span.start) // stride : (stop - cols_span.start) // stride].contiguous(memory_format=fmt),
+            handover.start,
+            [None if f is None else f.clone(memory_format=fmt) for f in passing],
+        )
+    where = Crop(span.start, cols_span.start, ay.encoder, ax.encoder)
+    encoded = _Encoded(
         fine, Crop(fine_rows.start, fine_cols.start, ay.encoder, ax.encoder),
         coarse, Crop(where.top // 2, where.left // 2, ay.encoder // 2, ax.encoder // 2),
         last, Crop(where.top // stride, where.left // stride, ay.encoder // stride, ax.encoder // stride),
     )
+    return encoded
 
 
 def _run(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
-         noise: Optional[Noise]) -> Tensor:
-    """The output on ``rows.out`` x ``cols.out``: encoder and steps on the plan's crops, the last step in bands."""
+         noise: Optional[Noise], row: Optional[_Handover] = None, following: Optional[AxisPlan] = None) -> Tensor:
+    """The output on ``rows.out`` x ``cols.out``: encoder and steps on the plan's crops, the last step in
+    bands; and the encoder outputs to hand to the ``following`` tile of the row (see :func:`_encode`)."""
     ay, ax = plan.axes
     fmt = torch.channels_last if model.is_fast else torch.contiguous_format
-    encoded = _encode(model, image, plan, rows, cols, fmt)
+    encoded = _encode(model, image, plan, rows, cols, fmt, row, following)
     x = features[..., rows.inputs[0].slice(0), cols.inputs[0].slice(0)].contiguous(memory_format=fmt)
     for k in range(1, ay.steps):
         crop = Crop(rows.inputs[k - 1].start, cols.inputs[k - 1].start, ay.level(k - 1), ax.level(k - 1))
@@ -349,6 +453,11 @@ def _run(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan, rows:
     encoder_outputs, encoder_crops = encoded.for_step(ay.steps, ay.native)
     low = Crop(rows.inputs[-1].start, cols.inputs[-1].start, ay.level(ay.steps - 1), ax.level(ay.steps - 1))
     decoded = model.decoder.low(x, encoder_outputs, low, encoder_crops, noise)  # once, not per band
+    # the bands read only the decoder's high guide and the refiner's: free the rest before the output exists
+    groups, ref = len(encoder_outputs), model.config.refiner
+    read = {groups - 2} | (set() if ref is None else {ref.encoder_group % groups})
+    encoder_outputs = [o if i in read else None for i, o in enumerate(encoder_outputs)]
+    del encoded
     out: Optional[Tensor] = None
     for band, last in rows.bands:
         y = model.step(x, encoder_outputs, low, encoder_crops, noise, out=(last, cols.last), decoded=decoded)
@@ -379,9 +488,10 @@ def iter_tiles(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, out
 
     def tiles() -> Iterator[tuple[Box, Tensor]]:
         for rows in plan.rows:
-            for cols in plan.cols:
+            row = _Handover()
+            for cols, following in zip(plan.cols, (*plan.cols[1:], None)):
                 box = Box(rows.out.start, cols.out.start, rows.out.stop, cols.out.stop)
-                yield box, _run(model, image, features, plan, rows, cols, noise)
+                yield box, _run(model, image, features, plan, rows, cols, noise, row, following)
 
     return tiles()
 
@@ -395,8 +505,9 @@ def upsample(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, outpu
         return _run(model, image, features, plan, plan.rows[0], plan.cols[0], noise)
     out: Optional[Tensor] = None
     for rows in plan.rows:
-        for cols in plan.cols:
-            part = _run(model, image, features, plan, rows, cols, noise)
+        row = _Handover()
+        for cols, following in zip(plan.cols, (*plan.cols[1:], None)):
+            part = _run(model, image, features, plan, rows, cols, noise, row, following)
             if out is None:
                 fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
                 out = torch.empty((*part.shape[:2], *plan.out_size), dtype=part.dtype, device=part.device, memory_format=fmt)
