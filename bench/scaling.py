@@ -219,8 +219,10 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
                 speed = "" if math.isnan(r["speedup_vs_before"]) else f" ({r['speedup_vs_before']:.2f}x)"
                 cells.append(f"{r['time_s']:>7.3f} / {r['peak_extra_gib']:6.3f}{speed:>9}")
         print(f"{side:>5} {(side // args.patch) ** 2:>7} | " + " | ".join(cells))
-    print("\nexponent in tokens (time, memory), least squares over the sizes measured")
-    for m, (t, mem) in fits(rows).items():
+    exponents = {m: fit for m, fit in fits(rows).items() if not math.isnan(fit[0])}
+    if exponents:  # a slope needs two sizes
+        print("\nexponent in tokens (time, memory), least squares over the sizes measured")
+    for m, (t, mem) in exponents.items():
         print(f"  {m:>8}: time {t:5.2f}   memory {mem:5.2f}")
     for m, why in getattr(args, "stopped", {}).items():
         print(f"  {m}: {why}")
