@@ -220,16 +220,18 @@ def test_noise_is_a_function_of_position() -> None:
 
 
 def test_tiles_and_fast_mode_backpropagate_like_the_untiled_model() -> None:
-    """Outside ``torch.no_grad`` the tiled and fast paths stay differentiable: the same gradient w.r.t. the
-    features (the in-place products fall back to ones autograd can differentiate)."""
+    """Outside ``torch.no_grad`` the tiled and fast paths stay differentiable: the same gradients w.r.t. the
+    features and the image (the in-place products fall back to ones autograd can differentiate; the encoder
+    outputs tiles hand each other carry their graph)."""
     torch.manual_seed(0)
     model = _randomise_norms(UPLiFT(tiny_config(14)))
-    image, feats = torch.randn(1, 3, 56, 70), torch.randn(1, 8, 4, 5, requires_grad=True)
+    image = torch.randn(1, 3, 56, 168, requires_grad=True)  # a row of tiles that hand the encoder over
+    feats = torch.randn(1, 8, 4, 12, requires_grad=True)
 
-    def grad(module: UPLiFT, **kwargs) -> torch.Tensor:
-        out = module(image, feats, steps=3, output_size=(56, 70), **kwargs)
-        return torch.autograd.grad(out.square().sum(), [feats])[0]
+    def grad(module: UPLiFT, **kwargs) -> list[torch.Tensor]:
+        out = module(image, feats, steps=3, output_size=(56, 168), **kwargs)
+        return list(torch.autograd.grad(out.square().sum(), [feats, image]))
 
     expected = grad(model)
-    assert _rel(grad(model, tile=2), expected) <= 1e-5
-    assert _rel(grad(model.fast()), expected) <= 1e-5
+    for got in (grad(model, tile=2), grad(model, tile=4), grad(model.fast())):
+        assert [_rel(g, e) <= 1e-5 for g, e in zip(got, expected)] == [True, True]

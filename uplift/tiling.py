@@ -393,11 +393,12 @@ def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols
     handover: Optional[Span] = None  # the next tile's full-resolution columns among them
     sharp = start if carry is None else carry.fine_left
     if following is not None:
-        # columns within the encoder's reach of the crop's cut edge are not exact; at the image's edge they are
-        stop = cols_span.stop if cols_span.stop == ax.encoder else (cols_span.stop - margin) // align * align
-        left = following.encoder.start
+        # columns within the encoder's reach of the crop's cut edge are not exact (at the image's edge they
+        # are), except those this tile was handed
+        exact = cols_span.stop if cols_span.stop == ax.encoder else (cols_span.stop - margin) // align * align
+        left, stop = following.encoder.start, max(exact, start)
         wanted = following.fine if len(following.fine) else Span(stop, stop)
-        if cols_span.start <= left < stop and start < stop and wanted.start >= sharp:
+        if cols_span.start <= left < stop and wanted.start >= sharp:
             handover = Span(wanted.start, max(wanted.start, stop))  # to ``stop``: the tiles after it read on
     new_fine = Span(max(start, fine_cols.start), fine_cols.stop)
     kinds = {"fine": (fine_rows, new_fine, 1), "coarse": (span, Span(start, cols_span.stop), 2)}
