@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,6 +121,27 @@ def test_iter_tiles_partitions_the_output_and_is_lazy() -> None:
     assert bool((covered == 1).all()), "tiles must cover the output exactly once"
     assert [b.top for b in boxes] == sorted(b.top for b in boxes), "raster order"
     assert len(boxes) == 2 * 3  # ceil(5 / 3) x ceil(7 / 3)
+
+
+def test_iter_tiles_holds_no_tile_the_consumer_dropped(monkeypatch) -> None:
+    """While a tile is computed, the tiles before it (dropped by the consumer) are already freed: memory is
+    one tile's, not two."""
+    model = _randomise_norms(UPLiFT(tiny_config(16)))
+    image, feats = torch.randn(1, 3, 64, 160), torch.randn(1, 8, 4, 10)
+    dropped: list[weakref.ref] = []
+    alive_during_compute: list[int] = []
+    forward = model.encoder.forward
+
+    def encoder(x, *args, **kwargs):
+        alive_during_compute.append(sum(ref() is not None for ref in dropped))
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model.encoder, "forward", encoder)
+    with torch.no_grad():
+        for _, part in model.iter_tiles(image, feats, tile=2):
+            dropped.append(weakref.ref(part))
+            del part
+    assert len(dropped) == 10 and alive_during_compute and not any(alive_during_compute)
 
 
 def test_iter_tiles_checks_inputs_before_iterating() -> None:

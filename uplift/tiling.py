@@ -481,6 +481,15 @@ def _plan(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, output_s
                      out_h, out_w, steps, features.dtype == torch.float64, tile or 0, band_pixels)
 
 
+def _tiles(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan,
+           noise: Optional[Noise]) -> Iterator[tuple[AxisPlan, AxisPlan, Tensor]]:
+    """Every tile's output in raster order, the tiles of each row handing each other the encoder."""
+    for rows in plan.rows:
+        row = _Handover()
+        for cols, following in zip(plan.cols, (*plan.cols[1:], None)):
+            yield rows, cols, _run(model, image, features, plan, rows, cols, noise, row, following)
+
+
 def iter_tiles(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, output_size: Optional[Sequence[int]],
                tile: int, band_pixels: int = BAND_PIXELS) -> Iterator[tuple[Box, Tensor]]:
     """``(box, features)`` per output tile (see :meth:`UPLiFT.iter_tiles`, which checks the inputs)."""
@@ -488,11 +497,9 @@ def iter_tiles(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, out
     noise = Noise.draw() if model.has_noise else None  # one seed for all tiles: they share the noise field
 
     def tiles() -> Iterator[tuple[Box, Tensor]]:
-        for rows in plan.rows:
-            row = _Handover()
-            for cols, following in zip(plan.cols, (*plan.cols[1:], None)):
-                box = Box(rows.out.start, cols.out.start, rows.out.stop, cols.out.stop)
-                yield box, _run(model, image, features, plan, rows, cols, noise, row, following)
+        for rows, cols, part in _tiles(model, image, features, plan, noise):
+            yield Box(rows.out.start, cols.out.start, rows.out.stop, cols.out.stop), part
+            del part  # not held while the next tile is computed
 
     return tiles()
 
@@ -505,12 +512,10 @@ def upsample(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, outpu
     if len(plan.rows) == len(plan.cols) == 1:
         return _run(model, image, features, plan, plan.rows[0], plan.cols[0], noise)
     out: Optional[Tensor] = None
-    for rows in plan.rows:
-        row = _Handover()
-        for cols, following in zip(plan.cols, (*plan.cols[1:], None)):
-            part = _run(model, image, features, plan, rows, cols, noise, row, following)
-            if out is None:
-                fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-                out = torch.empty((*part.shape[:2], *plan.out_size), dtype=part.dtype, device=part.device, memory_format=fmt)
-            out[..., rows.out.slice(0), cols.out.slice(0)] = part
+    for rows, cols, part in _tiles(model, image, features, plan, noise):
+        if out is None:
+            fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            out = torch.empty((*part.shape[:2], *plan.out_size), dtype=part.dtype, device=part.device, memory_format=fmt)
+        out[..., rows.out.slice(0), cols.out.slice(0)] = part
+        del part
     return out
