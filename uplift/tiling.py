@@ -515,7 +515,8 @@ def upsample(model: "UPLiFT", image: Tensor, features: Tensor, steps: int, outpu
     for rows, cols, part in _tiles(model, image, features, plan, noise):
         if out is None:
             fmt = torch.channels_last if part.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            out = torch.empty((*part.shape[:2], *plan.out_size), dtype=part.dtype, device=part.device, memory_format=fmt)
+            size = (part.shape[0], part.shape[1], plan.axes[0].out_size, plan.axes[1].out_size)  # no *-unpacking: dynamo
+            out = torch.empty(size, dtype=part.dtype, device=part.device, memory_format=fmt)
         out[..., rows.out.slice(0), cols.out.slice(0)] = part
         del part
     return out
