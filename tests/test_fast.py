@@ -96,7 +96,7 @@ def test_fast_compiles_without_graph_breaks() -> None:
     image, feats = torch.rand(1, 3, 32, 40), torch.randn(1, 4, 4, 5)
     explained = torch._dynamo.explain(fast)(image, feats, output_size=(30, 44))
     assert explained.graph_break_count == 0, explained.break_reasons
-    compiled = torch.compile(fast, fullgraph=True, backend="eager")
+    compiled = torch.compile(fast, fullgraph=True, dynamic=False, backend="eager")
     with torch.no_grad():
         torch.manual_seed(2)
         out = compiled(image, feats, output_size=(30, 44))

@@ -13,8 +13,10 @@ computes, never in what (float32 outputs agree to float rounding, ~1e-6 relative
   only what the next reads, and the last step runs in row bands written straight into the output,
   fused with the resize to ``output_size``, so the full-resolution last step never exists at once;
 * the NaN/inf check of the features is asserted on the device (no host-device sync per call on GPU),
-  and nothing in the forward depends on tensor values, so ``torch.compile(fullgraph=True)`` traces it
-  without graph breaks.
+  and nothing in the forward depends on tensor values, so ``torch.compile(fullgraph=True,
+  dynamic=False)`` traces it without graph breaks, one graph per image size (the tiling plan of a call
+  is a compile-time constant: symbolic sizes, which ``dynamic`` left to its default gives a second size,
+  cannot make one).
 """
 
 from __future__ import annotations
