@@ -289,8 +289,8 @@ class _Carry(NamedTuple):
     stop: int  # columns [left, stop) are handed over; the next tile computes from ``stop`` on
     coarse: list[Optional[Tensor]]  # every other pixel over [left, stop)
     last: Optional[Tensor]  # the last group at the plan's stride over [left, stop)
-    fine_left: int
-    fine: list[Optional[Tensor]]  # full resolution over [fine_left, stop) (the next tile's fine span)
+    fine_left: int  # the next tile's first full-resolution column
+    fine: list[Optional[Tensor]]  # full resolution over [fine_left, stop): the tiles after it read it too
 
 
 class _Handover:
