@@ -20,8 +20,8 @@ largest temporary is one band.
 The encoder, the costliest stage at full resolution, is not recomputed under the halos along a row of
 tiles: each tile hands the next one the encoder outputs on the columns they share (:class:`_Carry`, at
 the resolutions the next tile reads them), so a row's encoder runs about once per column. Memory stays
-that of a tile; the halo's recomputation is left only across rows (sharing there would hold a whole
-row of full-resolution encoder outputs).
+that of a tile; the halo's recomputation is left only across rows (sharing there would hold encoder
+outputs across the image's whole width).
 
 :func:`upsample` is what ``model(..., tile=T)`` and the fast model call; :func:`iter_tiles` yields the
 tiles one by one for consumers that never hold the whole output. All the geometry of a call (every
@@ -223,10 +223,6 @@ class CallPlan(NamedTuple):
     rows: tuple[AxisPlan, ...]  # one per tile row
     cols: tuple[AxisPlan, ...]  # one per tile column
     stride: int  # of the last encoder group
-
-    @property
-    def out_size(self) -> tuple[int, int]:
-        return self.axes[0].out_size, self.axes[1].out_size
 
 
 @functools.lru_cache(maxsize=32)
@@ -442,7 +438,7 @@ def _encode(model: "UPLiFT", image: Tensor, plan: CallPlan, rows: AxisPlan, cols
 def _run(model: "UPLiFT", image: Tensor, features: Tensor, plan: CallPlan, rows: AxisPlan, cols: AxisPlan,
          noise: Optional[Noise], row: Optional[_Handover] = None, following: Optional[AxisPlan] = None) -> Tensor:
     """The output on ``rows.out`` x ``cols.out``: encoder and steps on the plan's crops, the last step in
-    bands; and the encoder outputs to hand to the ``following`` tile of the row (see :func:`_encode`)."""
+    bands. ``row`` and ``following``: the row's encoder hand-over (see :func:`_encode`)."""
     ay, ax = plan.axes
     fmt = torch.channels_last if model.is_fast else torch.contiguous_format
     encoded = _encode(model, image, plan, rows, cols, fmt, row, following)
